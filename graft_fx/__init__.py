@@ -1,0 +1,16 @@
+"""graft_fx: DNN re-alignment for split (hybrid) inference, as torch.fx passes.
+
+    cut_points(model, example_inputs)   where a model can be cut with one tensor crossing
+    split(model, at, example_inputs)    the (head, tail) GraphModules of one cut
+    realign(fragments)                  one RealignedModule running the fragments' shared layers once
+"""
+
+from .cuts import CutPoint, cut_points, split
+from .errors import GraftError, TraceError
+from .plan import Plan, Segment, Unshared
+from .realign import RealignedModule, realign
+
+__all__ = [
+    "CutPoint", "GraftError", "Plan", "RealignedModule", "Segment", "TraceError", "Unshared",
+    "cut_points", "realign", "split",
+]

@@ -1,0 +1,153 @@
+"""Where a model can be cut, and the (head, tail) pair that one cut makes.
+
+A cut point is a place in the graph where exactly one tensor crosses from the layers before to
+the layers after: the phone runs the head, uploads that tensor, and the server runs the tail.
+We walk the nodes in graph order and keep the set of values that are live across each gap
+(produced before it, used after it). Values that the tail can rebuild on its own do not count:
+constants (weights and ops on them) are recomputed in the tail, shape-derived literals are
+inlined, and the batch size is re-read from the crossing tensor. A gap whose live set is one
+tensor that carries the batch rows is a cut. This handles DAGs with no special case: inside a
+residual block or an Inception module two branches are live, so no cut is offered there.
+
+Cut points are listed in graph order, from the raw input (the whole model runs on the server)
+to the last layer before the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from .analysis import Analysis, analyze
+from .errors import GraftError
+from .rows import BATCH, Kind
+from .separable import GATHERABLE, Role
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A cut after node ``name``: ``activation_bytes`` cross per sample; ``flops_before`` is the
+    fraction of the model's FLOPs that runs before the cut (on the phone)."""
+
+    name: str
+    activation_bytes: int
+    flops_before: float
+
+
+def _rebuildable(a: Analysis, node: fx.Node) -> bool:
+    return a.verdicts[node].role in (Role.CONST, Role.FOLDED)
+
+
+def _cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
+    """Every cut point with the graph position of its crossing node."""
+    nodes = a.nodes
+    position = {n: i for i, n in enumerate(nodes)}
+    end = len(nodes)
+    last_use = {n: max((position.get(u, end) for u in n.users), default=-1) for n in nodes}
+    expiring: dict[int, list[fx.Node]] = {}
+    for n in nodes:
+        expiring.setdefault(last_use[n], []).append(n)
+    total = sum(a.facts[n].flops_per_row for n in nodes) or 1
+    flops = 0
+    live: set[fx.Node] = set()
+    first_compute = next((i for i, n in enumerate(nodes) if n.op != "placeholder" and not _rebuildable(a, n)), end)
+    found: list[tuple[CutPoint, int]] = []
+    for i, n in enumerate(nodes):
+        flops += a.facts[n].flops_per_row
+        if not _rebuildable(a, n) and last_use[n] > i:
+            live.add(n)
+        live.difference_update(expiring.get(i, ()))
+        if len(live) != 1 or i + 1 < first_compute and n.op != "placeholder":
+            continue
+        (c,) = live
+        facts = a.facts[c]
+        is_new = not found or found[-1][0].name != c.name
+        only_output = all(u.op == "output" for u in c.users)
+        if is_new and not only_output and facts.kind is Kind.ROWS and facts.is_tensor and a.verdicts[c].role in GATHERABLE:
+            if c.op == "placeholder" or position[c] == i:
+                found.append((CutPoint(c.name, facts.bytes_per_row, flops / total), position[c]))
+    return found
+
+
+def cut_points(model: Any, example_inputs: Any) -> list[CutPoint]:
+    """The places where ``model`` can be cut so that exactly one tensor crosses, in graph order.
+
+    ``example_inputs`` is a tensor or a tuple of tensors with a batch dim 0 (its size is free).
+    """
+    return [cut for cut, _ in _cuts(analyze(model, example_inputs, f"model ({type(model).__name__})"))]
+
+
+def _find(a: Analysis, at: CutPoint | str) -> tuple[fx.Node, int]:
+    name = at.name if isinstance(at, CutPoint) else at
+    cuts = _cuts(a)
+    for cut, pos in cuts:
+        if cut.name == name:
+            return a.nodes[pos], pos
+    names = [c.name for c, _ in cuts]
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise GraftError(f"{name!r} is not a cut point of this model; its {len(names)} cut points are: {shown}")
+
+
+def split(model: Any, at: CutPoint | str, example_inputs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Cut ``model`` at ``at`` (a CutPoint or its name) into ``(head, tail)`` GraphModules.
+
+    ``tail(head(x))`` equals ``model(x)``. The tail's input placeholder records the crossing
+    tensor's shape (``meta['tensor_meta']``), so ``realign`` needs no example inputs for it.
+    """
+    a = analyze(model, example_inputs, f"model ({type(model).__name__})")
+    cut, pos = _find(a, at)
+    return _head(a, cut, pos), _tail(a, cut, pos)
+
+
+def _head(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in a.nodes[: pos + 1]:
+        env[n] = graph.node_copy(n, env.__getitem__)
+    graph.output(env[cut])
+    return _module(a, graph, "Head")
+
+
+def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
+    graph = fx.Graph()
+    placeholder = graph.placeholder(cut.name)
+    placeholder.meta["tensor_meta"] = _extract_tensor_metadata(a.facts[cut].value)
+    env: dict[fx.Node, Any] = {cut: placeholder}
+    batch: list[fx.Node] = []
+
+    def materialize(scalar: Any) -> Any:
+        if scalar is BATCH:
+            if not batch:
+                batch.append(graph.call_method("size", (placeholder, 0)))
+            return batch[0]
+        if isinstance(scalar, (tuple, list)):
+            return type(scalar)(materialize(s) for s in scalar)
+        return scalar
+
+    def rebuild(n: fx.Node) -> Any:
+        """A value from before the cut: a literal, the batch size, or a recomputed constant."""
+        if n not in env:
+            if a.verdicts[n].role is Role.FOLDED:
+                env[n] = materialize(a.facts[n].scalar)
+            else:
+                env[n] = graph.node_copy(n, rebuild)
+        return env[n]
+
+    for n in a.nodes[pos + 1:]:
+        env[n] = graph.node_copy(n, rebuild)
+    leaves = [fx.node.map_arg(leaf, rebuild) for leaf in a.captured.out_leaves]
+    graph.output(pytree.tree_unflatten(leaves, a.captured.out_spec))
+    return _module(a, graph, "Tail")
+
+
+def _module(a: Analysis, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule over the model's own submodules, without the nodes and modules it does not use."""
+    gm = fx.GraphModule(a.gm, graph, class_name=name)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm

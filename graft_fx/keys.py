@@ -1,0 +1,122 @@
+"""Layer keys: what makes nodes of different fragments "the same layer".
+
+Two nodes get equal keys when they run the same op (target, module type and hyperparameters),
+with weights equal by value, on arguments that agree: the same literals, the same constants, and
+rows of the same shape and dtype (the batch dim aside). Node and module *names* never enter a
+key, so fragments built and loaded separately align as well as fragments cut from one instance.
+
+Weights are compared by value through a ``TensorInterner``: the same tensor object is recognised
+at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device and a few sampled
+values) and confirmed with an exact ``torch.equal`` before they share a number.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Hashable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from .capture import fetch_attr
+from .rows import Facts
+from .separable import Role, Verdict
+
+_SAMPLES = 16
+
+
+def fingerprint(t: torch.Tensor) -> Hashable:
+    """Shape, dtype, device and a few evenly spaced values: cheap, and rarely equal by chance."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return (tuple(t.shape), t.dtype, t.device)
+    index = torch.linspace(0, flat.numel() - 1, min(_SAMPLES, flat.numel()), device=flat.device).long()
+    return (tuple(t.shape), t.dtype, t.device, tuple(flat[index].tolist()))
+
+
+class TensorInterner:
+    """Numbers tensors so that tensors equal by value (and dtype, shape, device) share a number."""
+
+    def __init__(self) -> None:
+        self._by_object: dict[int, tuple[torch.Tensor, int]] = {}
+        self._buckets: dict[Hashable, list[tuple[torch.Tensor, int]]] = {}
+        self._numbers = itertools.count()
+
+    def __call__(self, t: torch.Tensor) -> int:
+        hit = self._by_object.get(id(t))
+        if hit is not None:
+            return hit[1]
+        bucket = self._buckets.setdefault(fingerprint(t), [])
+        number = next((n for other, n in bucket if torch.equal(other, t)), None)
+        if number is None:
+            number = next(self._numbers)
+            bucket.append((t, number))
+        self._by_object[id(t)] = (t, number)
+        return number
+
+
+def freeze(v: Any) -> Hashable:
+    """A hashable stand-in for a literal argument (slices and lists are not hashable)."""
+    if isinstance(v, slice):
+        return ("slice", freeze(v.start), freeze(v.stop), freeze(v.step))
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, *map(freeze, v))
+    if isinstance(v, dict):
+        return ("dict", *sorted((k, freeze(x)) for k, x in v.items()))
+    if isinstance(v, torch.Tensor):
+        return ("tensor", v.dtype, tuple(v.shape), tuple(v.reshape(-1).tolist()))
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return ("repr", repr(v))
+
+
+def _module_config(module: nn.Module) -> Hashable:
+    """Hyperparameters: the public plain attributes of the module (training flag included)."""
+    return tuple(sorted((k, freeze(v)) for k, v in vars(module).items() if not k.startswith("_")))
+
+
+def _rows_descriptor(value: Any) -> Hashable:
+    if isinstance(value, torch.Tensor):
+        return ("rows", tuple(value.shape[1:]), value.dtype)
+    return ("rows", *(_rows_descriptor(x) if isinstance(x, torch.Tensor) else freeze(x) for x in value))
+
+
+class KeyMaker:
+    """Computes layer keys for one realign() call; constants are numbered across fragments."""
+
+    def __init__(self) -> None:
+        self.intern = TensorInterner()
+        self._const_numbers: dict[Hashable, int] = {}
+
+    def const_number(self, key: Hashable) -> int:
+        return self._const_numbers.setdefault(key, len(self._const_numbers))
+
+    def key(self, gm: fx.GraphModule, node: fx.Node, facts: dict[fx.Node, Facts],
+            verdicts: dict[fx.Node, Verdict], const_ids: dict[fx.Node, int]) -> Hashable:
+        """The layer key of a SHARED or CONST node; ``const_ids`` numbers its constant inputs."""
+
+        def arg(a: Any) -> Hashable:
+            if not isinstance(a, fx.Node):
+                return ("literal", freeze(a))
+            role = verdicts[a].role
+            if role is Role.FOLDED:
+                return ("scalar", freeze(facts[a].scalar))
+            if role is Role.CONST:
+                return ("const", const_ids[a])
+            return _rows_descriptor(facts[a].value)
+
+        leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+        args = (str(spec), tuple(arg(a) for a in leaves))
+        if node.op == "get_attr":
+            return ("get_attr", self.intern(fetch_attr(gm, node.target)))
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            weights = tuple((name, self.intern(t)) for name, t in itertools.chain(
+                module.named_parameters(), module.named_buffers()))
+            return ("call_module", type(module), _module_config(module), weights, args)
+        return (node.op, node.target, args)
+

@@ -1,0 +1,95 @@
+"""What a realignment did: segments, the FLOPs they batch, and what stayed private and why."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .align import NodeClass
+from .analysis import Analysis
+from .separable import Role
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A maximal connected run of the realigned graph that serves one fixed set of fragments."""
+
+    fragments: tuple[int, ...]
+    num_nodes: int
+    flops_per_row: int
+
+    @property
+    def batched(self) -> bool:
+        return len(self.fragments) > 1
+
+
+@dataclass(frozen=True)
+class Unshared:
+    """A node kept in its fragment's private part although it carries rows, and why."""
+
+    fragment: int
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    num_fragments: int
+    segments: tuple[Segment, ...]
+    unshared: tuple[Unshared, ...]
+
+    @property
+    def batched_flops_fraction(self) -> float:
+        """Share of the FLOPs of running every fragment separately that now run batched."""
+        total = sum(s.flops_per_row * len(s.fragments) for s in self.segments)
+        batched = sum(s.flops_per_row * len(s.fragments) for s in self.segments if s.batched)
+        return batched / total if total else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"realigned {self.num_fragments} fragments into {len(self.segments)} segments; "
+            f"{100 * self.batched_flops_fraction:.1f}% of FLOPs run batched",
+            f"{'segment':>7}  {'fragments':<24} {'nodes':>5}  {'MFLOP/row':>10}",
+        ]
+        for i, s in enumerate(self.segments):
+            frags = ",".join(map(str, s.fragments))
+            lines.append(f"{i:>7}  {frags:<24} {s.num_nodes:>5}  {s.flops_per_row / 1e6:>10.2f}")
+        if self.unshared:
+            lines.append(f"not shared ({len(self.unshared)} nodes):")
+            lines += [f"  fragment {u.fragment}: {u.node}: {u.reason}" for u in self.unshared]
+        return "\n".join(lines)
+
+
+def _components(classes: list[NodeClass]) -> list[list[NodeClass]]:
+    """Connected components of classes that serve the same fragments (union-find on inputs)."""
+    parent = {c.index: c.index for c in classes}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_index = {c.index: c for c in classes}
+    for c in classes:
+        for i in c.inputs:
+            if i in by_index and by_index[i].fragments == c.fragments:
+                parent[find(i)] = find(c.index)
+    groups: dict[int, list[NodeClass]] = defaultdict(list)
+    for c in classes:
+        groups[find(c.index)].append(c)
+    return sorted(groups.values(), key=lambda g: min(c.index for c in g))
+
+
+def make_plan(analyses: list[Analysis], classes: list[NodeClass]) -> Plan:
+    running = [c for c in classes if c.role not in (Role.INPUT, Role.CONST)]
+    segments = []
+    for group in _components(running):
+        flops = sum(analyses[f].facts[n].flops_per_row for c in group for f, n in c.members[:1])
+        segments.append(Segment(group[0].fragments, len(group), flops))
+    unshared = tuple(
+        Unshared(f, n.name, v.reason)
+        for f, a in enumerate(analyses) for n, v in a.verdicts.items()
+        if v.role in (Role.PRIVATE, Role.PRIVATE_ROWS) and v.reason
+    )
+    return Plan(len(analyses), tuple(segments), unshared)

@@ -1,0 +1,142 @@
+"""``realign()``: many fragments in, one RealignedModule out.
+
+The pipeline: capture each fragment and find the role of each node (``analysis.py``), partition
+all nodes into classes (``align.py``), emit one graph (``rewrite.py``) and describe it
+(``plan.py``). ``RealignedModule`` checks every call's inputs against the fragments' input specs,
+then runs the graph built for the fragments present in that call (cached per set).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from .align import NodeClass, align
+from .analysis import Analysis, analyze
+from .errors import GraftError
+from .plan import Plan, make_plan
+from .rewrite import emit
+from .rows import MetaCache
+
+
+class RealignedModule(nn.Module):
+    """Runs n fragments as one graph: ``rm(x_1, ..., x_n) == (f_1(x_1), ..., f_n(x_n))``.
+
+    ``x_i`` is a tensor (a tuple for a fragment with several inputs), ``None`` for an absent
+    fragment (its output is None), with any batch size, 0 included.
+    """
+
+    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], plan: Plan):
+        super().__init__()
+        self._analyses = analyses
+        self._classes = classes
+        self.plan = plan
+        everyone = frozenset(range(len(analyses)))
+        self._graphs: dict[frozenset[int], fx.GraphModule] = {everyone: emit(analyses, classes, everyone)}
+        self.graph_module = self._graphs[everyone]
+
+    @property
+    def num_fragments(self) -> int:
+        return len(self._analyses)
+
+    def graph_for(self, present: frozenset[int]) -> fx.GraphModule:
+        """The realigned graph specialized to the fragments in ``present``."""
+        if present not in self._graphs:
+            self._graphs[present] = emit(self._analyses, self._classes, present)
+        return self._graphs[present]
+
+    def forward(self, *inputs: Any) -> tuple[Any, ...]:
+        if len(inputs) != self.num_fragments:
+            raise GraftError(
+                f"RealignedModule takes {self.num_fragments} inputs, one per fragment (None for an "
+                f"absent fragment); got {len(inputs)}"
+            )
+        flat: list[Any] = []
+        present: list[int] = []
+        empty: dict[int, tuple[torch.Tensor, ...]] = {}
+        for f, x in enumerate(inputs):
+            n_inputs = len(self._analyses[f].captured.inputs)
+            tensors = None if x is None else self._checked(f, x)
+            if tensors is not None and tensors[0].shape[0] == 0:
+                empty[f] = tensors
+            elif tensors is not None:
+                present.append(f)
+                flat += tensors
+                continue
+            flat += [None] * n_inputs
+        leaves = iter(self.graph_for(frozenset(present))(*flat) if present else ())
+        outputs = []
+        for f, a in enumerate(self._analyses):
+            cap = a.captured
+            if f in empty:
+                outputs.append(cap.call(*empty[f]))
+            elif f in present:
+                outputs.append(pytree.tree_unflatten([next(leaves) for _ in cap.out_leaves], cap.out_spec))
+            else:
+                outputs.append(None)
+        return tuple(outputs)
+
+    def _checked(self, f: int, x: Any) -> tuple[torch.Tensor, ...]:
+        cap = self._analyses[f].captured
+        specs = cap.inputs
+        tensors = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        if len(tensors) != len(specs):
+            raise GraftError(f"fragment {f} takes {len(specs)} input tensor(s) (pass a tuple); got {len(tensors)}")
+        for i, (t, spec) in enumerate(zip(tensors, specs)):
+            where = f"fragment {f} ({cap.name}), input {i}"
+            if not isinstance(t, torch.Tensor):
+                raise GraftError(f"{where}: expected a tensor of shape {spec.describe()}, got {type(t).__name__}")
+            if t.dim() != len(spec.row_shape) + 1 or tuple(t.shape[1:]) != spec.row_shape:
+                raise GraftError(f"{where}: got shape {tuple(t.shape)}, expected {spec.describe()} (any batch size)")
+            if t.dtype != spec.dtype:
+                raise GraftError(f"{where}: got dtype {t.dtype}, expected {spec.dtype}")
+            if spec.device is not None and t.device != spec.device:
+                raise GraftError(f"{where}: got a tensor on {t.device}, expected {spec.device}")
+            if t.shape[0] != tensors[0].shape[0]:
+                raise GraftError(f"{where}: batch size {t.shape[0]} differs from input 0's {tensors[0].shape[0]}")
+        return tensors
+
+
+def _check_uniform(analyses: list[Analysis]) -> None:
+    """All fragments must live on one device and compute in one floating dtype."""
+    for attribute, what in (("device", "devices"), ("dtype", "floating dtypes")):
+        seen: dict[Any, int] = {}
+        for f, a in enumerate(analyses):
+            tensors = [*a.gm.parameters(), *a.gm.buffers()]
+            values = {getattr(t, attribute) for t in tensors if attribute == "device" or t.is_floating_point()}
+            values |= {getattr(s, attribute) for s in a.captured.inputs if getattr(s, attribute) is not None
+                       and (attribute == "device" or s.dtype.is_floating_point)}
+            for v in values:
+                seen.setdefault(v, f)
+        if len(seen) > 1:
+            listing = ", ".join(f"fragment {f} on {v}" if attribute == "device" else f"fragment {f} in {v}"
+                                for v, f in seen.items())
+            raise GraftError(f"fragments mix {what} ({listing}); move all fragments and inputs to one "
+                             f"{attribute} before realigning")
+
+
+def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None) -> RealignedModule:
+    """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
+
+    ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms. Input shapes come from the
+    fragments' graphs (``graft_fx.split`` and ``torch.export`` record them) or from
+    ``example_inputs``: one example per fragment (a tensor, a tuple, or None to use the graph's).
+    """
+    fragments = list(fragments)
+    if not fragments:
+        raise GraftError("realign() needs at least one fragment; got an empty list")
+    examples = list(example_inputs) if example_inputs is not None else [None] * len(fragments)
+    if len(examples) != len(fragments):
+        raise GraftError(f"realign() got {len(fragments)} fragments but {len(examples)} example inputs")
+    cache = MetaCache()
+    analyses = [
+        analyze(fragment, example, f"fragment {i} ({type(fragment).__name__})", cache)
+        for i, (fragment, example) in enumerate(zip(fragments, examples))
+    ]
+    _check_uniform(analyses)
+    classes = align(analyses)
+    return RealignedModule(analyses, classes, make_plan(analyses, classes))
