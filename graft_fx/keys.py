@@ -28,12 +28,17 @@ _SAMPLES = 16
 
 
 def fingerprint(t: torch.Tensor) -> Hashable:
-    """Shape, dtype, device and a few evenly spaced values: cheap, and rarely equal by chance."""
+    """Shape, dtype, device, grad flag and a few evenly spaced values: cheap, rarely equal by chance.
+
+    The grad flag keeps a parameter apart from a buffer of equal value (a batch norm's bias and
+    running mean are both zeros at initialization, but only one of them may require grad).
+    """
+    head = (tuple(t.shape), t.dtype, t.device, t.requires_grad)
     flat = t.detach().reshape(-1)
     if flat.numel() == 0:
-        return (tuple(t.shape), t.dtype, t.device)
+        return head
     index = torch.linspace(0, flat.numel() - 1, min(_SAMPLES, flat.numel()), device=flat.device).long()
-    return (tuple(t.shape), t.dtype, t.device, tuple(flat[index].tolist()))
+    return (*head, tuple(flat[index].tolist()))
 
 
 class TensorInterner:

@@ -82,11 +82,13 @@ def _components(classes: list[NodeClass]) -> list[list[NodeClass]]:
 
 
 def make_plan(analyses: list[Analysis], classes: list[NodeClass]) -> Plan:
-    running = [c for c in classes if c.role not in (Role.INPUT, Role.CONST)]
+    """Segments are the components of non-constant classes; inputs join a fragment's first nodes."""
     segments = []
-    for group in _components(running):
-        flops = sum(analyses[f].facts[n].flops_per_row for c in group for f, n in c.members[:1])
-        segments.append(Segment(group[0].fragments, len(group), flops))
+    for group in _components([c for c in classes if c.role is not Role.CONST]):
+        running = [c for c in group if c.role is not Role.INPUT]
+        if running:
+            flops = sum(analyses[f].facts[n].flops_per_row for c in running for f, n in c.members[:1])
+            segments.append(Segment(running[0].fragments, len(running), flops))
     unshared = tuple(
         Unshared(f, n.name, v.reason)
         for f, a in enumerate(analyses) for n, v in a.verdicts.items()

@@ -87,7 +87,7 @@ class RealignedModule(nn.Module):
         if len(tensors) != len(specs):
             raise GraftError(f"fragment {f} takes {len(specs)} input tensor(s) (pass a tuple); got {len(tensors)}")
         for i, (t, spec) in enumerate(zip(tensors, specs)):
-            where = f"fragment {f} ({cap.name}), input {i}"
+            where = f"{cap.name}, input {i}"
             if not isinstance(t, torch.Tensor):
                 raise GraftError(f"{where}: expected a tensor of shape {spec.describe()}, got {type(t).__name__}")
             if t.dim() != len(spec.row_shape) + 1 or tuple(t.shape[1:]) != spec.row_shape:

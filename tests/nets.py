@@ -310,8 +310,8 @@ def _slots(draw, allow_unshareable: bool) -> tuple[list[str], list[str]]:
     """The blocks of each stage, in order: "block" for a drawn block, else an unshareable kind."""
     image = ["block"] * draw(st.integers(1, 6))
     feature = ["block"] * draw(st.integers(1, 4))
-    kinds = draw(st.lists(st.sampled_from(UNSHAREABLE_KINDS), unique=True)) if allow_unshareable else []
-    for kind in kinds:
+    kinds = st.lists(st.sampled_from(UNSHAREABLE_KINDS), unique=True)
+    for kind in draw(kinds) if allow_unshareable else []:
         stage = image if draw(st.booleans()) else feature
         stage.insert(draw(st.integers(0, len(stage))), kind)
     return image, feature
@@ -329,11 +329,11 @@ def _stage(draw, b: _Builder, slots: list[str], block: Callable) -> None:
 def networks(draw, allow_unshareable: bool = False) -> Drawn:
     """Draws a random image-then-feature network and its example input; see the module doc."""
     image_slots, feature_slots = _slots(draw, allow_unshareable)
-    channels, height, width = draw(st.integers(1, 6)), draw(st.integers(4, 8)), draw(st.integers(4, 8))
+    shape = (draw(st.integers(1, 6)), draw(st.integers(4, 8)), draw(st.integers(4, 8)))
     seed = draw(st.integers(0, 2**32 - 1))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        example = torch.randn(EXAMPLE_BATCH, channels, height, width)
+        example = torch.randn(EXAMPLE_BATCH, *shape)
         b = _Builder(example)
         _stage(draw, b, image_slots, _image_block)
         _flatten(draw, b)

@@ -1,0 +1,188 @@
+"""realign() and RealignedModule: the public contract, the calling convention and its errors."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graft_fx
+from graft_fx import GraftError
+from models import ResidualNet, example, fragments, seeded
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = seeded()
+    heads, tails = fragments(model, [0, 2, 5])
+    return model, heads, tails, graft_fx.realign(tails)
+
+
+def inputs(heads, batches):
+    return [None if b is None else h(example(b)) for h, b in zip(heads, batches)]
+
+
+def assert_matches(rm, tails, xs):
+    with torch.no_grad():
+        outs = rm(*xs)
+        assert len(outs) == len(tails)
+        for out, tail, x in zip(outs, tails, xs):
+            if x is None:
+                assert out is None
+            else:
+                torch.testing.assert_close(out, tail(x))
+
+
+@pytest.mark.parametrize("batches", [(1, 2, 3), (3, None, 1), (0, 2, 0), (None, None, 2), (None, None, None), (0, 0, 0)])
+def test_outputs_equal_separate_execution(setup, batches):
+    _, heads, tails, rm = setup
+    assert_matches(rm, tails, inputs(heads, batches))
+
+
+def test_the_shared_suffix_runs_once(setup):
+    _, _, tails, rm = setup
+    everyone = tuple(range(len(tails)))
+    assert any(s.fragments == everyone and s.num_nodes > 3 for s in rm.plan.segments)
+    ran = lambda gm: sum(n.op == "call_module" for n in gm.graph.nodes)
+    assert ran(rm.graph_module) < sum(ran(t) for t in tails)
+
+
+def test_absent_fragments_cost_nothing(setup):
+    _, heads, tails, rm = setup
+    only_last = rm.graph_for(frozenset({2}))
+    assert not any(n.name.startswith(("f0_", "f1_")) and n.op == "call_module" for n in only_last.graph.nodes)
+    assert rm.graph_for(frozenset({2})) is only_last
+
+
+def test_separately_loaded_fragments_share_like_one_instance(setup):
+    model, heads, tails, rm = setup
+    copies = [copy.deepcopy(model) for _ in tails]
+    loaded = [graft_fx.split(m, graft_fx.cut_points(model, example())[i], example())[1] for m, i in zip(copies, [0, 2, 5])]
+    rm2 = graft_fx.realign(loaded)
+    assert [s.fragments for s in rm2.plan.segments] == [s.fragments for s in rm.plan.segments]
+    assert_matches(rm2, loaded, inputs(heads, (2, 1, 2)))
+
+
+def test_different_weights_are_not_shared():
+    heads, tails = fragments(seeded(seed=0), [3])
+    _, others = fragments(seeded(seed=1), [3])
+    rm = graft_fx.realign([tails[0], others[0]])
+    assert all(not s.batched for s in rm.plan.segments)
+    assert_matches(rm, [tails[0], others[0]], inputs(heads * 2, (2, 3)))
+
+
+def test_plain_modules_with_example_inputs_and_tuple_inputs():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            return self.lin(x) * y
+
+    torch.manual_seed(0)
+    pair, twin = Pair(), Pair()
+    twin.load_state_dict(pair.state_dict())
+    rm = graft_fx.realign([pair, twin], [(torch.randn(1, 4), torch.randn(1, 3))] * 2)
+    assert any(s.batched and s.num_nodes == 2 for s in rm.plan.segments)
+    x, y, z, w = torch.randn(2, 4), torch.randn(2, 3), torch.randn(5, 4), torch.randn(5, 3)
+    a, b = rm((x, y), [z, w])
+    torch.testing.assert_close(a, pair(x, y))
+    torch.testing.assert_close(b, twin(z, w))
+
+
+def test_a_layer_feeding_different_users_is_not_shared():
+    """Sharing grows back from the outputs: a common layer followed by different ones stays apart."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    rm = graft_fx.realign([nn.Sequential(lin, nn.ReLU()), nn.Sequential(lin, nn.Tanh())], [torch.randn(1, 4)] * 2)
+    assert not any(s.batched for s in rm.plan.segments)
+
+
+def test_output_structures_are_reproduced():
+    class Dict(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return {"logits": y, "parts": [y.relu(), x.shape[1]]}
+
+    model = Dict()
+    rm = graft_fx.realign([model, model], [torch.randn(1, 4)] * 2)
+    x = torch.randn(3, 4)
+    out, _ = rm(x, x)
+    ref = model(x)
+    assert set(out) == {"logits", "parts"} and isinstance(out["parts"], list) and out["parts"][1] == 4
+    torch.testing.assert_close(out["logits"], ref["logits"])
+
+
+def test_plan_reports_what_was_not_shared():
+    class TrainBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.lin(self.bn(x))
+
+    model = TrainBN().train()
+    rm = graft_fx.realign([model, model], [torch.randn(2, 4)] * 2)
+    assert {u.fragment for u in rm.plan.unshared} == {0, 1}
+    assert all("training" in u.reason for u in rm.plan.unshared)
+    assert any(s.batched for s in rm.plan.segments)  # the linear after it is shared
+    text = str(rm.plan)
+    assert "not shared" in text and "% of FLOPs run batched" in text
+    x, y = torch.randn(3, 4), torch.randn(2, 4)
+    a, b = rm(x, y)
+    torch.testing.assert_close(a, model(x))
+    torch.testing.assert_close(b, model(y))
+
+
+class TestErrors:
+    def test_empty_fragment_list(self):
+        with pytest.raises(GraftError, match="at least one fragment"):
+            graft_fx.realign([])
+
+    def test_untraceable_fragment_suggests_export(self):
+        class Branchy(nn.Module):
+            def forward(self, x):
+                if x.sum() > 0:
+                    return x
+                return -x
+
+        with pytest.raises(graft_fx.TraceError, match=r"x\.sum\(\) > 0.*torch\.export"):
+            graft_fx.realign([Branchy()], [torch.randn(1, 3)])
+
+    def test_mixed_dtypes_and_devices(self):
+        with pytest.raises(GraftError, match="float32.*float64"):
+            graft_fx.realign([nn.Linear(3, 4), nn.Linear(3, 4).double()], [torch.randn(1, 3), torch.randn(1, 3).double()])
+        meta = nn.Linear(3, 4).to("meta")
+        with pytest.raises(GraftError, match="devices"):
+            graft_fx.realign([nn.Linear(3, 4), meta], [torch.randn(1, 3), torch.randn(1, 3, device="meta")])
+
+    def test_wrong_number_of_inputs(self, setup):
+        _, heads, _, rm = setup
+        with pytest.raises(GraftError, match="takes 3 inputs"):
+            rm(heads[0](example()))
+
+    def test_wrong_row_shape_names_fragment_and_expected_shape(self, setup):
+        _, heads, _, rm = setup
+        xs = inputs(heads, (1, 1, 1))
+        xs[1] = xs[0]
+        with pytest.raises(GraftError, match=r"fragment 1 .*got shape \(1, 3, 6, 6\), expected \(\*, 4, 6, 6\)"):
+            rm(*xs)
+
+    def test_wrong_dtype_and_arity(self, setup):
+        _, heads, _, rm = setup
+        xs = inputs(heads, (1, 1, 1))
+        with pytest.raises(GraftError, match="dtype"):
+            rm(xs[0].double(), xs[1], xs[2])
+        with pytest.raises(GraftError, match="takes 1 input"):
+            rm((xs[0], xs[0]), xs[1], xs[2])
+
+    def test_shapes_unknown(self):
+        with pytest.raises(GraftError, match="unknown"):
+            graft_fx.realign([ResidualNet()])
