@@ -58,13 +58,14 @@ class NodeClass:
         return len(self.members) > 1 and self.role is Role.SHARED
 
 
+def flat_args(node: fx.Node) -> list:
+    """The leaves of a node's (args, kwargs): positions in this list name its arguments."""
+    return pytree.tree_leaves((node.args, node.kwargs))
+
+
 def _uses(node: fx.Node) -> list[tuple[fx.Node, int]]:
     """(user, flat argument position) for every use of ``node``."""
-    found = []
-    for user in node.users:
-        leaves, _ = pytree.tree_flatten((user.args, user.kwargs))
-        found += [(user, i) for i, a in enumerate(leaves) if a is node]
-    return found
+    return [(user, i) for user in node.users for i, a in enumerate(flat_args(user)) if a is node]
 
 
 class _Pool:
@@ -74,6 +75,7 @@ class _Pool:
             (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role is not Role.FOLDED
         ]
         self.label: dict[Member, int] = {}
+        self.uses = {m: _uses(m[1]) for m in self.members if self.role(m) is Role.SHARED}
 
     def role(self, m: Member) -> Role:
         return self.analyses[m[0]].verdicts[m[1]].role
@@ -96,7 +98,7 @@ class _Pool:
 
     def signature(self, m: Member) -> frozenset:
         f, node = m
-        sig = {(self.label[(f, u)] if u.op != "output" else "output", i) for u, i in _uses(node)
+        sig = {(self.label[(f, u)] if u.op != "output" else "output", i) for u, i in self.uses[m]
                if u.op == "output" or self.role((f, u)) is not Role.FOLDED}
         return frozenset(sig)
 

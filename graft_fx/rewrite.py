@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .align import NodeClass
+from .align import NodeClass, flat_args
 from .analysis import Analysis
 from .capture import fetch_attr
 from .rows import BATCH
@@ -53,6 +53,7 @@ class _Emitter:
         self.batch: dict[int, fx.Node] = {}
         self.prefix_rows: dict[tuple[int, ...], Any] = {}
         self.moved: dict[tuple, fx.Node] = {}  # gathers and slices, built once each
+        self.flat: dict[fx.Node, list] = {}
         self.inputs = {
             (f, p): self.graph.placeholder(f"f{f}_{p.name}")
             for f, a in enumerate(analyses) for p in a.captured.placeholders
@@ -141,13 +142,15 @@ class _Emitter:
         verdict = self.analyses[f0].verdicts[rep_arg]
         if verdict.role is Role.FOLDED:
             return self.materialize(self.analyses[f0].facts[rep_arg].scalar, group)
-        pieces = []
-        for f, node in self.present_members(c):
-            leaves, _ = pytree.tree_flatten((node.args, node.kwargs))
-            pieces.append((f, self.class_of[(f, leaves[position])]))
+        pieces = [(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in self.present_members(c)]
         if verdict.role is Role.CONST:
             return self.value[pieces[0][1].index]
         return self.gather(pieces, isinstance(self.analyses[f0].facts[rep_arg].value, torch.Tensor))
+
+    def flat_args(self, node: fx.Node) -> list:
+        if node not in self.flat:
+            self.flat[node] = flat_args(node)
+        return self.flat[node]
 
     def present_members(self, c: NodeClass) -> list[tuple[int, fx.Node]]:
         return [(f, n) for f, n in c.members if f in self.present]

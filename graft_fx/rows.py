@@ -15,18 +15,19 @@ Two sizes suffice because the batch is the only thing that changes between the r
 equal to the batch in both runs is the batch (or a coincidence no model relies on), and a reshape
 that hard-codes the batch size shows up as a wrong shape in one of them. Whether an op may be
 *shared* is a separate question, answered by the rule table in ``separable.py``; this module only
-records facts. The same runs count FLOPs per node (``torch.utils.flop_counter``), so the FLOPs per
-row of a node are the difference between its two counts.
+records facts. The batch-3 run also counts FLOPs per node (``torch.utils.flop_counter``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -87,15 +88,17 @@ class InputSpec:
 
 
 class MetaCache:
-    """Meta-device stand-ins for real parameters and buffers, shared across the graphs of one call.
+    """Meta-device stand-ins for weights, and memoized module calls, shared within one call.
 
-    Fragments cut from one model share their module objects, so each weight is converted once.
+    Fragments cut from one model share their module objects, so each weight is converted once,
+    and a module called on the same input shapes by several fragments runs once per batch size.
     The originals are kept alive so that ``id()`` keys are never reused.
     """
 
     def __init__(self) -> None:
         self._tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._states: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+        self.calls: dict[Any, tuple[Any, int]] = {}
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         hit = self._tensors.get(id(t))
@@ -110,22 +113,31 @@ class MetaCache:
             hit = self._states[id(module)] = (module, {k: self.tensor(v) for k, v in named})
         return hit[1]
 
+    def call_key(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        leaves = pytree.tree_leaves((args, kwargs))
+        shapes = tuple((tuple(x.shape), x.dtype, x.stride()) if isinstance(x, torch.Tensor) else repr(x) for x in leaves)
+        return (id(module), module.training, shapes)
+
 
 class _MetaRun(fx.Interpreter):
-    """Runs a graph on meta tensors and records each node's value and cumulative FLOPs."""
+    """Runs a graph on meta tensors, recording each node's value and, with a counter, its FLOPs."""
 
-    def __init__(self, gm: fx.GraphModule, cache: MetaCache, counter: FlopCounterMode):
+    def __init__(self, gm: fx.GraphModule, cache: MetaCache, counter: FlopCounterMode | None):
         super().__init__(gm, garbage_collect_values=False)
         self.cache = cache
         self.counter = counter
         self.flops: dict[fx.Node, int] = {}
         self.node: fx.Node | None = None
+        self.remembered_flops = 0
+
+    def total_flops(self) -> int:
+        return self.counter.get_total_flops() if self.counter else 0
 
     def run_node(self, n: fx.Node) -> Any:
-        self.node = n
-        before = self.counter.get_total_flops()
+        self.node, self.remembered_flops = n, 0
+        before = self.total_flops()
         result = super().run_node(n)
-        self.flops[n] = self.counter.get_total_flops() - before
+        self.flops[n] = self.total_flops() - before + self.remembered_flops
         return result
 
     def get_attr(self, target, args, kwargs):
@@ -134,12 +146,19 @@ class _MetaRun(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        return functional_call(module, self.cache.state(module), args, kwargs)
+        key = (self.counter is not None, self.cache.call_key(module, args, kwargs))
+        if key in self.cache.calls:
+            result, self.remembered_flops = self.cache.calls[key]
+            return result
+        before = self.total_flops()
+        result = functional_call(module, self.cache.state(module), args, kwargs)
+        self.cache.calls[key] = (result, self.total_flops() - before)
+        return result
 
 
-def _run(gm: fx.GraphModule, specs: list[InputSpec], batch: int, cache: MetaCache, name: str):
+def _run(gm: fx.GraphModule, specs: list[InputSpec], batch: int, cache: MetaCache, name: str, count: bool):
     inputs = [torch.empty((batch, *s.row_shape), dtype=s.dtype, device="meta") for s in specs]
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) if count else contextlib.nullcontext() as counter:
         run = _MetaRun(gm, cache, counter)
         try:
             run.run(*inputs, enable_io_processing=False)
@@ -222,13 +241,19 @@ def _describe(a: Any, b: Any, depends: bool, flops: int) -> Facts:
 
 
 def propagate(gm: fx.GraphModule, specs: list[InputSpec], cache: MetaCache, name: str) -> dict[fx.Node, Facts]:
-    """Facts for every node of ``gm`` (placeholders and output included)."""
-    env2, flops2 = _run(gm, specs, PROBE_BATCHES[0], cache, name)
-    env3, flops3 = _run(gm, specs, PROBE_BATCHES[1], cache, name)
+    """Facts for every node of ``gm`` but the output.
+
+    FLOPs are counted in the batch-3 run only (counting is the slow part: it decomposes ops
+    without a FLOP formula); per-row FLOPs are a third of that for values that carry rows.
+    """
+    small, large = PROBE_BATCHES
+    env2, _ = _run(gm, specs, small, cache, name, count=False)
+    env3, flops3 = _run(gm, specs, large, cache, name, count=True)
     facts: dict[fx.Node, Facts] = {}
     for node in gm.graph.nodes:
         if node.op == "output":
             continue
         depends = node.op == "placeholder" or any(facts[a].depends_on_input for a in node.all_input_nodes)
-        facts[node] = _describe(env2[node], env3[node], depends, flops3.get(node, 0) - flops2.get(node, 0))
+        per_row = flops3.get(node, 0) // large if depends else 0
+        facts[node] = _describe(env2[node], env3[node], depends, per_row)
     return facts
