@@ -242,7 +242,10 @@ def cells(r: Row) -> tuple[str, ...]:
 def text_table(rows: list[Row]) -> str:
     body = [COLUMNS] + [cells(r) for r in rows]
     widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
-    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    def fmt(line: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
     return "\n".join([fmt(body[0]), "  ".join("-" * w for w in widths)] + [fmt(line) for line in body[1:]])
 
 
@@ -261,7 +264,7 @@ def progress_line(r: Row) -> str:
 # --- main ---------------------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
     p.add_argument("--k", help="comma-separated fragment counts (default: 2,4,8)")
     p.add_argument("--rows", type=int, help=f"rows for every fragment (default: 1..{MAX_ROWS}, seeded)")

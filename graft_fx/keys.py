@@ -37,8 +37,9 @@ def fingerprint(t: torch.Tensor) -> Hashable:
     flat = t.detach().reshape(-1)
     if flat.numel() == 0:
         return head
-    index = torch.linspace(0, flat.numel() - 1, min(_SAMPLES, flat.numel()), device=flat.device).long()
-    return (*head, tuple(flat[index].tolist()))
+    samples = min(_SAMPLES, flat.numel())
+    step = (flat.numel() - 1) // max(samples - 1, 1)
+    return (*head, tuple(flat[: step * (samples - 1) + 1 : max(step, 1)].tolist()))
 
 
 class TensorInterner:

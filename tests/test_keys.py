@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from graft_fx.analysis import analyze
-from graft_fx.keys import KeyMaker, TensorInterner, freeze
+from graft_fx.keys import KeyMaker, TensorInterner, fingerprint, freeze
 
 
 def test_interner_matches_by_value_not_identity():
@@ -18,6 +18,13 @@ def test_interner_matches_by_value_not_identity():
     assert intern(b) != intern(a)
     assert intern(a.double()) != intern(a)
     assert intern(a.reshape(32, 64)) != intern(a)
+
+
+def test_fingerprint_of_a_huge_weight():
+    """Sample positions are integers: float positions run past the end above 2**24 elements."""
+    assert len(fingerprint(torch.zeros(2**24 + 4))[-1]) == 16
+    assert len(fingerprint(torch.zeros(5))[-1]) == 5
+    assert len(fingerprint(torch.zeros(1))[-1]) == 1
 
 
 def test_interner_keeps_parameters_apart_from_equal_buffers():
