@@ -43,7 +43,12 @@ def _rebuildable(a: Analysis, node: fx.Node) -> bool:
 
 
 def _cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
-    """Every cut point with the graph position of its crossing node."""
+    """Every cut point with the graph position of its crossing node.
+
+    A gap right after node c is a cut when c is the only live value there, c carries the batch
+    rows, and something other than the output still uses it. Every input is live from the start,
+    so a model with several inputs offers no cut before its last one.
+    """
     nodes = a.nodes
     position = {n: i for i, n in enumerate(nodes)}
     end = len(nodes)
@@ -51,25 +56,21 @@ def _cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
     expiring: dict[int, list[fx.Node]] = {}
     for n in nodes:
         expiring.setdefault(last_use[n], []).append(n)
+    last_input = max(i for i, n in enumerate(nodes) if n.op == "placeholder")
     total = sum(a.facts[n].flops_per_row for n in nodes) or 1
     flops = 0
     live: set[fx.Node] = set()
-    first_compute = next((i for i, n in enumerate(nodes) if n.op != "placeholder" and not _rebuildable(a, n)), end)
     found: list[tuple[CutPoint, int]] = []
-    for i, n in enumerate(nodes):
-        flops += a.facts[n].flops_per_row
-        if not _rebuildable(a, n) and last_use[n] > i:
-            live.add(n)
+    for i, c in enumerate(nodes):
+        flops += a.facts[c].flops_per_row
+        if not _rebuildable(a, c) and last_use[c] > i:
+            live.add(c)
         live.difference_update(expiring.get(i, ()))
-        if len(live) != 1 or i + 1 < first_compute and n.op != "placeholder":
+        if i < last_input or live != {c} or all(u.op == "output" for u in c.users):
             continue
-        (c,) = live
         facts = a.facts[c]
-        is_new = not found or found[-1][0].name != c.name
-        only_output = all(u.op == "output" for u in c.users)
-        if is_new and not only_output and facts.kind is Kind.ROWS and facts.is_tensor and a.verdicts[c].role in GATHERABLE:
-            if c.op == "placeholder" or position[c] == i:
-                found.append((CutPoint(c.name, facts.bytes_per_row, flops / total), position[c]))
+        if facts.kind is Kind.ROWS and facts.is_tensor and a.verdicts[c].role in GATHERABLE:
+            found.append((CutPoint(c.name, facts.bytes_per_row, flops / total), i))
     return found
 
 
@@ -131,6 +132,7 @@ def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
     def rebuild(n: fx.Node) -> Any:
         """A value from before the cut: a literal, the batch size, or a recomputed constant."""
         if n not in env:
+            assert _rebuildable(a, n), f"{n.name} crosses the cut"
             if a.verdicts[n].role is Role.FOLDED:
                 env[n] = materialize(a.facts[n].scalar)
             else:

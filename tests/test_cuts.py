@@ -8,7 +8,7 @@ every case. What graft_fx reports is compared with an independent run of the tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import pytest
@@ -121,7 +121,6 @@ class Case:
     row_shapes: tuple[tuple[int, ...], ...]  # one per input
     cuts: set[str]  # node names that must be cuts
     not_cuts: set[str]  # node names that must not be
-    known_bugs: dict[str, str] = field(default_factory=dict)  # test name -> reason it fails
 
     def model(self) -> nn.Module:
         torch.manual_seed(0)
@@ -131,11 +130,6 @@ class Case:
         return tuple(torch.randn(batch, *shape) for shape in self.row_shapes)
 
 
-MULTI_INPUT_BUG = (
-    "cut_points offers the first input of a multi-input model as a cut, although the second input "
-    "crosses too: its tail takes both inputs and tail(head(image, meta)) raises TypeError"
-)
-
 CASES = [
     Case("chain", Chain, ((3, 6, 6),), {"x", "conv", "relu", "pool", "flat"}, set()),
     Case("residual", Residual, ((3, 6, 6),), {"x", "stem", "add", "relu_1", "flatten"}, {"branch_a", "relu", "branch_b"}),
@@ -143,14 +137,7 @@ CASES = [
     Case("dense", Dense, ((3, 6, 6),), {"x", "stem", "cat", "cat_1"}, {"grow1", "grow2"}),
     Case("vit", TinyViT, ((3, 8, 8),), {"x", "patch", "reshape", "permute", "cat", "add", "norm_1", "reshape_1"},
          {"getattr_1", "getitem", "class_token", "expand", "norm", "mlp"}),
-    Case("two_inputs", TwoInputs, ((3, 6, 6), (5,)), {"cat", "relu"}, {"image", "meta", "conv", "flatten", "embed"},
-         known_bugs=dict.fromkeys([
-             "test_cuts_are_offered_only_where_one_tensor_crosses",
-             "test_first_cut_is_the_raw_input_when_there_is_one",
-             "test_tail_of_head_is_the_model",
-             "test_unknown_cut_name_lists_the_valid_ones",
-             "test_tail_records_the_crossing_row_shape_and_realigns_without_examples",
-         ], MULTI_INPUT_BUG)),
+    Case("two_inputs", TwoInputs, ((3, 6, 6), (5,)), {"cat", "relu"}, {"image", "meta", "conv", "flatten", "embed"}),
 ]
 
 EXAMPLE_BATCH = 2
@@ -158,9 +145,6 @@ EXAMPLE_BATCH = 2
 
 @pytest.fixture(params=CASES, ids=lambda c: c.name)
 def case(request) -> Case:
-    reason = request.param.known_bugs.get(request.function.__name__)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     return request.param
 
 

@@ -21,11 +21,6 @@ import graft_fx
 
 BATCHES = (1, 2, None, 1)  # rows per fragment, from the shallowest cut to the deepest; None: absent
 
-FINGERPRINT_BUG = (
-    "keys.fingerprint samples indices with a float32 torch.linspace, which rounds numel - 1 up "
-    "for tensors over 2**24 elements: IndexError on vgg16's 102760448-element classifier weight"
-)
-
 MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet50": (lambda: tvm.resnet50(weights=None), 224),
     "vgg16": (lambda: tvm.vgg16(weights=None), 224),
@@ -61,7 +56,7 @@ def spread(cuts: list[graft_fx.CutPoint], count: int) -> list[graft_fx.CutPoint]
 
 @pytest.fixture(scope="module", params=[
     "resnet50",
-    pytest.param("vgg16", marks=pytest.mark.xfail(strict=True, raises=IndexError, reason=FINGERPRINT_BUG)),
+    "vgg16",
     "mobilenet_v2",
     "inception_v3",
     "vit_b_16",
