@@ -54,8 +54,10 @@ def build_pieces(name: str, device: torch.device, pieces: int) -> tuple[list[dic
         piece = graft_fx.split(tail, end.name, activation)[0] if end else tail
         stop = end.flops_before if end else 1.0
         out.append({"from": cut.name, "to": end.name if end else "output", "flops_share": stop - cut.flops_before,
-                    "activation_bytes": cut.activation_bytes, "module": piece.to(device),
+                    "activation_bytes": cut.activation_bytes, "module": piece,
                     "row_shape": tuple(activation.shape[1:])})
+    for p in out:  # only now: the pieces share their layers with the model the heads still run
+        p["module"].to(device)
     return out, side
 
 
