@@ -101,22 +101,23 @@ class RealignedModule(nn.Module):
         return tensors
 
 
+def _placement(a: Analysis) -> tuple[frozenset, frozenset]:
+    """The devices and floating dtypes a fragment's weights and inputs live in."""
+    tensors = [*a.gm.parameters(), *a.gm.buffers()]
+    devices = {t.device for t in tensors} | {s.device for s in a.captured.inputs if s.device is not None}
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    dtypes |= {s.dtype for s in a.captured.inputs if s.dtype.is_floating_point}
+    return frozenset(devices), frozenset(dtypes)
+
+
 def _check_uniform(analyses: list[Analysis]) -> None:
-    """All fragments must live on one device and compute in one floating dtype."""
-    for attribute, what in (("device", "devices"), ("dtype", "floating dtypes")):
-        seen: dict[Any, int] = {}
-        for f, a in enumerate(analyses):
-            tensors = [*a.gm.parameters(), *a.gm.buffers()]
-            values = {getattr(t, attribute) for t in tensors if attribute == "device" or t.is_floating_point()}
-            values |= {getattr(s, attribute) for s in a.captured.inputs if getattr(s, attribute) is not None
-                       and (attribute == "device" or s.dtype.is_floating_point)}
-            for v in values:
-                seen.setdefault(v, f)
-        if len(seen) > 1:
-            listing = ", ".join(f"fragment {f} on {v}" if attribute == "device" else f"fragment {f} in {v}"
-                                for v, f in seen.items())
-            raise GraftError(f"fragments mix {what} ({listing}); move all fragments and inputs to one "
-                             f"{attribute} before realigning")
+    """All fragments must live on the same devices and compute in the same floating dtypes."""
+    placements = [_placement(a) for a in analyses]
+    for i, what, one in ((0, "devices", "device"), (1, "floating dtypes", "dtype")):
+        if len({p[i] for p in placements}) > 1:
+            listing = ", ".join(f"fragment {f}: {sorted(map(str, p[i]))}" for f, p in enumerate(placements))
+            raise GraftError(f"fragments mix {what} ({listing}); move all fragments and their inputs "
+                             f"to one {one} before realigning")
 
 
 def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None) -> RealignedModule:

@@ -48,16 +48,19 @@ class Case(NamedTuple):
 def cases(draw, nets: st.SearchStrategy[Drawn] = networks()) -> Case:
     drawn = draw(nets)
     cuts = graft_fx.cut_points(drawn.model, drawn.example)
-    chosen = draw(st.lists(st.integers(0, len(cuts) - 1), min_size=1, max_size=MAX_FRAGMENTS))
+    k = draw(st.integers(1, MAX_FRAGMENTS))
+    chosen = draw(st.lists(st.integers(0, len(cuts) - 1), min_size=k, max_size=k))
     return Case(drawn, cuts, chosen)
 
 
-def presences(case: Case, absent: bool = True) -> st.SearchStrategy[tuple[int | None, ...]]:
-    """Per-fragment batch sizes the model accepts, with None for an absent fragment."""
-    size = batch_sizes(case.drawn.min_batch)
-    if absent:
-        size = st.none() | size
-    return st.tuples(*[size] * len(case.chosen))
+@st.composite
+def presences(draw, case: Case) -> tuple[int | None, ...]:
+    """Per-fragment batch sizes the model accepts, with None for an absent fragment. Absent
+    fragments are drawn as a set, which keeps most fragments present in most examples."""
+    k = len(case.chosen)
+    sizes = draw(st.lists(batch_sizes(case.drawn.min_batch), min_size=k, max_size=k))
+    absent = draw(st.sets(st.integers(0, k - 1)))
+    return tuple(None if f in absent else b for f, b in enumerate(sizes))
 
 
 def split_all(case: Case, models: Sequence[nn.Module] | None = None) -> tuple[list[fx.GraphModule], list[fx.GraphModule]]:
