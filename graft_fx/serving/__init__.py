@@ -1,0 +1,19 @@
+"""Serving split-inference fragments over real networks: the simulator half of graft_fx.
+
+Phones run the head of a model, upload the cut tensor over a measured network, and a GPU server
+batches the tails under a latency SLO. The subpackage is built from `traces` (bandwidth over time,
+loaded from public measurement sets, a subset bundled so that it runs offline), `workload`
+(clients, devices and arrivals), `profiles` (latency against batch size and share), `planner`
+(grouping fragment types and sizing their shares), `batching` (deadline-aware batch formation)
+and `simulator` (which drives them all). Only `traces` exists so far.
+"""
+
+from .traces import (
+    Trace, bundled, bundled_names, load_ghent, load_gnettrack, load_mahimahi, load_pensieve,
+    load_trace,
+)
+
+__all__ = [
+    "Trace", "bundled", "bundled_names", "load_ghent", "load_gnettrack", "load_mahimahi",
+    "load_pensieve", "load_trace",
+]
