@@ -1,0 +1,258 @@
+"""The batching policy: hand-written scenarios on `BatchQueue` and `run_offline`, and properties of
+`run_offline` over random request streams, latency profiles and batch limits.
+
+Deadlines are checked as the module states them, ``start <= deadline - latency(n)``.
+"""
+
+import math
+from dataclasses import dataclass
+from itertools import accumulate
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graft_fx import GraftError
+from graft_fx.serving.batching import EXPIRED, HOPELESS, BatchQueue, Decision, Drop, run_offline
+from graft_fx.serving.requests import Request
+
+
+@dataclass(frozen=True)
+class Linear:
+    """latency(n) = a + b * n"""
+
+    a: float
+    b: float
+
+    def __call__(self, n):
+        return self.a + self.b * n
+
+
+@dataclass(frozen=True)
+class Table:
+    """latency(n) = values[n - 1], a non-decreasing table."""
+
+    values: tuple
+
+    def __call__(self, n):
+        return self.values[n - 1]
+
+
+LAT = Linear(1.0, 0.25)  # exact in binary: L(1) = 1.25, L(2) = 1.5, L(4) = 2.0
+
+
+def requests(*pairs):
+    """Requests numbered in order from (arrival, deadline) pairs."""
+    return [Request(deadline, arrival, i, 0) for i, (arrival, deadline) in enumerate(pairs)]
+
+
+def ids(batch):
+    return [r.id for r in batch.requests]
+
+
+# Hand-written scenarios.
+
+def test_a_burst_fills_a_batch_at_once_and_the_rest_waits_for_its_latest_start():
+    out = run_offline(requests(*[(0.0, 10.0)] * 6), LAT, max_batch=4)
+    assert [(b.start_s, ids(b), b.finish_s) for b in out.batches] == [
+        (0.0, [0, 1, 2, 3], 2.0), (10.0 - 1.5, [4, 5], 10.0)]
+    assert out.stats.batch_sizes == {4: 1, 2: 1} and out.stats.batches == 2 and not out.drops
+
+
+def test_a_lone_request_is_started_at_its_latest_start():
+    queue = BatchQueue(LAT, max_batch=8)
+    r = Request(6.0, 1.0, 0, 0)
+    queue.arrive(r, 1.0)
+    assert queue.poll(1.0, busy_until=0.0) == Decision()
+    assert queue.next_wakeup(1.0) == 6.0 - 1.25
+    assert queue.poll(4.75, busy_until=0.0) == Decision(start=(r,))
+    assert queue.next_wakeup(4.75) is None and len(queue) == 0
+    assert [(b.start_s, b.finish_s) for b in run_offline([r], LAT, 8).batches] == [(4.75, 6.0)]
+
+
+def test_eager_starts_a_lone_request_on_arrival():
+    out = run_offline(requests((1.0, 6.0)), LAT, max_batch=8, eager=True)
+    assert [(b.start_s, ids(b)) for b in out.batches] == [(1.0, [0])]
+
+
+def test_a_hopeless_request_is_dropped_on_arrival():
+    queue = BatchQueue(LAT, max_batch=8)
+    r = Request(1.0, 0.0, 0, 0)  # budget 1.0 < latency(1) = 1.25
+    queue.arrive(r, 0.0)
+    assert queue.poll(0.0, busy_until=0.0) == Decision(dropped=(Drop(r, 0.0, HOPELESS),))
+    assert queue.stats.drops == {HOPELESS: 1} and queue.stats.dropped == 1
+    assert queue.next_wakeup(0.0) is None
+
+
+def test_a_request_squeezed_out_by_a_started_batch_is_dropped_when_it_starts():
+    # a fills the batch (max_batch 1) and keeps the executor until 1.25: b (latest start 1.15)
+    # can no longer make it and goes at once; c (latest start exactly 1.25) still can.
+    a, b, c = reqs = requests((0.0, 2.0), (0.0, 2.4), (0.0, 2.5))
+    queue = BatchQueue(LAT, max_batch=1)
+    for r in reqs:
+        queue.arrive(r, 0.0)
+    assert queue.poll(0.0, busy_until=0.0) == Decision((a,), (Drop(b, 0.0, EXPIRED),))
+    assert queue.next_wakeup(0.0) == 1.25 and queue.pending == (c,)
+    out = run_offline(reqs, LAT, max_batch=1)
+    assert [(b.start_s, ids(b), b.finish_s) for b in out.batches] == [
+        (0.0, [0], 1.25), (1.25, [2], 2.5)]
+    assert [(d.request.id, d.at_s, d.reason) for d in out.drops] == [(1, 0.0, EXPIRED)]
+
+
+def test_a_batch_that_cannot_grow_starts_now():
+    # A third request would miss the head's deadline (0 > 1.6 - 1.75), and waiting only makes
+    # that worse: the pair starts at once, the third waits for its own latest start.
+    out = run_offline(requests((0.0, 1.6), (0.0, 10.0), (0.0, 10.0)), LAT, max_batch=8)
+    assert [(b.start_s, ids(b)) for b in out.batches] == [(0.0, [0, 1]), (10.0 - 1.25, [2])]
+
+
+def test_nothing_starts_while_the_executor_is_busy():
+    queue = BatchQueue(LAT, max_batch=2)
+    for r in requests((0.0, 10.0), (0.0, 10.0)):
+        queue.arrive(r, 0.0)
+    assert queue.poll(0.0, busy_until=3.0) == Decision()
+    assert queue.next_wakeup(0.0) == 3.0  # full: it starts as soon as the executor is free
+    assert len(queue.poll(3.0, busy_until=3.0).start) == 2
+
+
+def test_bad_calls_raise():
+    with pytest.raises(GraftError, match="max_batch"):
+        BatchQueue(LAT, max_batch=0)
+    queue = BatchQueue(LAT, max_batch=2)
+    queue.poll(5.0, busy_until=0.0)
+    with pytest.raises(GraftError, match="backwards"):
+        queue.arrive(Request(10.0, 4.0, 0, 0), 4.0)
+
+
+# Properties of run_offline.
+
+@st.composite
+def latencies(draw, max_batch):
+    if draw(st.booleans()):
+        return Linear(draw(st.floats(0.01, 1.0)), draw(st.floats(0.0, 0.5)))
+    steps = draw(st.lists(st.floats(0.0, 0.5), min_size=max_batch - 1, max_size=max_batch - 1))
+    return Table(tuple(accumulate(steps, initial=draw(st.floats(0.01, 1.0)))))
+
+
+@st.composite
+def scenarios(draw, infinite_deadlines=False):
+    """(requests, latency, max_batch, eager): bursts (gaps of 0) and budgets from hopeless to
+    roomy, both in units of latency(1), so that batches fill, wait, and drop."""
+    max_batch = draw(st.integers(1, 8))
+    latency = draw(latencies(max_batch))
+    n = draw(st.integers(0, 40))
+    gaps = draw(st.lists(st.just(0.0) | st.floats(0.0, 2.0), min_size=n, max_size=n))
+    budgets = draw(st.lists(st.floats(0.5, 8.0), min_size=n, max_size=n))
+    unit = latency(1)
+    reqs = [Request(math.inf if infinite_deadlines else t + budget * unit, t, i, 0)
+            for i, (t, budget) in enumerate(zip(accumulate(g * unit for g in gaps), budgets))]
+    return reqs, latency, max_batch, draw(st.booleans())
+
+
+def fates(out):
+    """Request id -> the time it left the queue: its batch's start, or its drop."""
+    left = {r.id: b.start_s for b in out.batches for r in b.requests}
+    left.update((d.request.id, d.at_s) for d in out.drops)
+    return left
+
+
+def waiting(reqs, out, batch, latency):
+    """The requests left waiting when ``batch`` started that could still have met their deadline
+    alone then: arrived by its start, not in it, gone no earlier, and not hopeless at its start
+    (those are dropped before the batch is formed)."""
+    left, start = fates(out), batch.start_s
+    return [r for r in reqs if r.arrival_s <= start and r not in batch.requests
+            and left[r.id] >= start and start <= r.deadline_s - latency(1)]
+
+
+@given(scenarios())
+def test_every_request_is_answered_or_dropped_exactly_once(scenario):
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    served = [r.id for b in out.batches for r in b.requests]
+    dropped = [d.request.id for d in out.drops]
+    assert sorted(served + dropped) == [r.id for r in reqs]
+    s = out.stats
+    assert (s.arrived, s.dispatched, s.dropped, s.batches) == (
+        len(reqs), len(served), len(dropped), len(out.batches))
+    assert s.batch_sizes == {n: sum(len(b.requests) == n for b in out.batches)
+                             for n in {len(b.requests) for b in out.batches}}
+    assert s.drops == {reason: sum(d.reason == reason for d in out.drops)
+                       for reason in {d.reason for d in out.drops}}
+
+
+@given(scenarios())
+def test_batches_meet_every_deadline_and_never_overlap(scenario):
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    free = -math.inf
+    for b in out.batches:
+        assert 1 <= len(b.requests) <= max_batch
+        assert b.start_s >= free  # the executor was free
+        assert all(r.arrival_s <= b.start_s <= r.deadline_s - latency(len(b.requests))
+                   for r in b.requests)
+        free = b.finish_s
+    assert sorted(out.completed_s().items()) == sorted(
+        (r.id, b.start_s + latency(len(b.requests))) for b in out.batches for r in b.requests)
+
+
+@given(scenarios())
+def test_drops_are_forced_and_prompt(scenario):
+    """Dropped at t only if, started at max(t, when the executor is next free), it would miss its
+    deadline even alone; and no later than the moment that became true (or its arrival)."""
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    for d in out.drops:
+        r, t = d.request, d.at_s
+        free = max((b.finish_s for b in out.batches if b.start_s <= t), default=-math.inf)
+        latest = r.deadline_s - latency(1)
+        assert max(t, free) > latest
+        assert r.arrival_s <= t <= max(r.arrival_s, latest)
+        assert d.reason == (HOPELESS if r.arrival_s > latest else EXPIRED)
+
+
+@given(scenarios())
+def test_batches_are_the_longest_edf_prefix_that_fits(scenario):
+    """Each batch is in EDF order and precedes, in EDF order, every request left waiting that
+    could still have made it; and it stops short of max_batch only when the first such request
+    would have broken the batch's tightest (its head's) deadline."""
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    for b in out.batches:
+        rest = waiting(reqs, out, b, latency)
+        assert list(b.requests) == sorted(b.requests)
+        assert all(r > b.requests[-1] for r in rest)
+        if rest and len(b.requests) < max_batch:
+            assert b.start_s > b.requests[0].deadline_s - latency(len(b.requests) + 1)
+
+
+@given(scenarios())
+def test_batches_wait_only_while_they_could_grow(scenario):
+    """A batch that is full, or leaves a request waiting, or is eager, starts the moment that
+    became so: when the executor freed or a request arrived. Any other batch starts exactly at
+    its latest start."""
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    free = -math.inf
+    for b in out.batches:
+        rest = waiting(reqs, out, b, latency)
+        if eager or rest or len(b.requests) == max_batch:
+            assert b.start_s == free or b.start_s in {r.arrival_s for r in [*b.requests, *rest]}
+        else:
+            assert b.start_s == b.requests[0].deadline_s - latency(len(b.requests))
+        free = b.finish_s
+
+
+@given(scenarios(infinite_deadlines=True))
+def test_without_deadlines_nothing_is_dropped_and_batches_are_as_large_as_allowed(scenario):
+    """Waiting costs nothing, so every batch but the last is full; eager batches take everything
+    queued, up to max_batch."""
+    reqs, latency, max_batch, eager = scenario
+    out = run_offline(reqs, latency, max_batch, eager)
+    assert not out.drops and out.stats.dispatched == len(reqs)
+    for i, b in enumerate(out.batches):
+        queued = len(waiting(reqs, out, b, latency)) + len(b.requests)
+        if eager:
+            assert len(b.requests) == min(max_batch, queued)
+        elif i < len(out.batches) - 1:
+            assert len(b.requests) == max_batch
