@@ -42,7 +42,7 @@ def _rebuildable(a: Analysis, node: fx.Node) -> bool:
     return a.verdicts[node].role in (Role.CONST, Role.FOLDED)
 
 
-def _cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
+def located_cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
     """Every cut point with the graph position of its crossing node.
 
     A gap right after node c is a cut when c is the only live value there, c carries the batch
@@ -79,12 +79,12 @@ def cut_points(model: Any, example_inputs: Any) -> list[CutPoint]:
 
     ``example_inputs`` is a tensor or a tuple of tensors with a batch dim 0 (its size is free).
     """
-    return [cut for cut, _ in _cuts(analyze(model, example_inputs, f"model ({type(model).__name__})"))]
+    return [cut for cut, _ in located_cuts(analyze(model, example_inputs, f"model ({type(model).__name__})"))]
 
 
 def _find(a: Analysis, at: CutPoint | str) -> tuple[fx.Node, int]:
     name = at.name if isinstance(at, CutPoint) else at
-    cuts = _cuts(a)
+    cuts = located_cuts(a)
     for cut, pos in cuts:
         if cut.name == name:
             return a.nodes[pos], pos

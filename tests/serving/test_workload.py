@@ -1,0 +1,229 @@
+"""The workload: budget arithmetic by hand, Neurosurgeon's choice on synthetic costs, arrival
+statistics, determinism, a real model through `model_costs`, and a bundled trace end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+import graft_fx
+from graft_fx import CutPoint, GraftError
+from graft_fx.serving import Trace, bundled
+from graft_fx.serving.workload import (
+    DEVICES, Client, ClientStats, DeviceClass, Gamma, ModelCosts, Poisson, _frontier, _options, choose,
+    generate, make_clients, model_costs,
+)
+
+# A 4 GFLOP model: a 150 kB input, a wide early activation, a small one late in the model.
+COSTS = ModelCosts(
+    (CutPoint("x", 150_000, 0.0), CutPoint("conv", 600_000, 0.3), CutPoint("pool", 2_000, 0.5)),
+    flops=4e9, input_bytes=150_000)
+MID = DEVICES["mid-range"]
+SLOW_PHONE = DeviceClass("slow", gflops=5.0, overhead_ms=4.0)
+FAST_PHONE = DeviceClass("fast", gflops=1000.0, overhead_ms=1.0)
+
+
+def flat(mbps: float) -> Trace:
+    """A constant-bandwidth trace."""
+    return Trace(f"flat-{mbps}", [0.0], [mbps], "synthetic")
+
+
+def client(device=MID, trace=None, rate=1.0, slo=1.0, offset=0.0, id=0):
+    return Client(id, device, trace or flat(8.0), offset, Poisson(rate), slo)
+
+
+# Budget arithmetic.
+
+def test_arrival_and_deadline_by_hand_for_a_chosen_cut():
+    """Cut "conv" on a 20 GFLOP/s phone over 8 Mbit/s: 2 ms + 1.2 GFLOP / 20 GFLOP/s on the phone,
+    600 kB * 8 / 8 Mbit/s = 0.6 s on the uplink."""
+    c = client(slo=0.5, offset=3.0)
+    w = generate([c], COSTS, duration_s=20.0, seed=1, fragments=[1], local=False)
+    device_s, upload_s = 0.002 + 0.3 * 4e9 / 20e9, 600_000 * 8 / 8e6
+    assert w.requests and w.mix == {1: len(w.requests)}
+    for r, o in zip(w.requests, w.origins):
+        assert (o.client, r.fragment) == (0, 1)
+        assert o.device_s == pytest.approx(device_s, abs=1e-12)
+        assert o.upload_s == pytest.approx(upload_s, abs=1e-9)
+        assert r.arrival_s == pytest.approx(o.send_s + device_s + upload_s, abs=1e-9)
+        assert r.deadline_s == o.send_s + 0.5
+        assert r.budget_s == pytest.approx(0.5 - device_s - upload_s, abs=1e-9)  # below 0
+    assert w.clients == {0: ClientStats(sent=len(w.requests), late=len(w.requests))}
+    assert w.late == len(w.requests) and w.local == 0
+
+
+def test_raw_input_cut_costs_no_device_time():
+    choice = choose(client(), COSTS, 0.0, candidates=[0])
+    assert (choice.fragment, choice.device_s) == (0, 0.0)
+    assert choice.upload_s == pytest.approx(150_000 * 8 / 8e6)
+
+
+def test_the_upload_starts_when_the_head_finishes_at_the_clients_offset():
+    """1 Mbit/s for the first second of each 2 s loop, 0 then: the 1.2 s head ends in the dead
+    half, so the 1 kB upload waits for the next loop."""
+    trace = Trace("on-off", [0.0, 1.0], [1.0, 0.0], "synthetic")
+    c = client(device=DeviceClass("d", 1.0, 0.0), trace=trace, offset=0.5)
+    choice = choose(c, ModelCosts((CutPoint("h", 1000, 0.3),), 4e9, 1000), 0.3, candidates=[0])
+    # the head runs 1.2 s from trace time 0.8: the upload starts at 2.0 and takes 8 ms.
+    assert choice.device_s == pytest.approx(1.2)
+    assert choice.upload_s == pytest.approx(0.008)
+    choice = choose(c, ModelCosts((CutPoint("h", 1000, 0.1),), 4e9, 1000), 0.3, candidates=[0])
+    # the head ends at trace time 1.2, in the dead half: it waits 0.8 s, then takes 8 ms.
+    assert choice.upload_s == pytest.approx(0.808)
+
+
+# Neurosurgeon's choice.
+
+def frontier(costs, estimate, candidates):
+    return [o.fragment for o in _frontier(_options(costs, estimate, candidates))]
+
+
+def test_slow_network_cuts_late_where_activations_are_small():
+    choice = choose(client(trace=flat(0.5)), COSTS, 0.0)
+    assert choice.fragment == 2
+    assert choice.total_s == pytest.approx(0.002 + 0.5 * 4e9 / 20e9 + 2_000 * 8 / 0.5e6)
+
+
+def test_fast_network_and_slow_phone_upload_the_raw_input():
+    assert choose(client(device=SLOW_PHONE, trace=flat(100.0)), COSTS, 0.0).fragment == 0
+
+
+def test_fast_phone_and_slow_network_run_everything_locally_and_send_nothing():
+    c = client(device=FAST_PHONE, trace=flat(0.5), rate=5.0)
+    assert choose(c, COSTS, 0.0).fragment is None
+    w = generate([c], COSTS, duration_s=10.0)
+    assert not w.requests and w.mix == {}
+    assert w.local == w.clients[0].local > 20 and w.clients[0].local_late == 0
+
+
+def test_the_server_estimate_moves_the_cut():
+    c = client(device=SLOW_PHONE, trace=flat(100.0))
+    assert choose(c, COSTS, 0.0, server_estimate=lambda f: [1.0, 0.5, 0.0][f]).fragment == 2
+
+
+def test_ties_go_to_the_deeper_cut():
+    """A cut after a ReLU costs what the cut before it does."""
+    costs = ModelCosts((CutPoint("conv", 1000, 0.5), CutPoint("relu", 1000, 0.5)), 1e9, 1000)
+    assert choose(client(), costs, 0.0, candidates=[0, 1]).fragment == 1
+    assert frontier(costs, None, [0, 1]) == [1]
+
+
+def test_the_frontier_drops_what_cannot_win():
+    # "conv" sends more than "x" after more FLOPs; local sends nothing but runs all of them.
+    assert frontier(COSTS, None, [0, 1, 2, None]) == [0, 2, None]
+    # a server estimate that rewards "conv" keeps it.
+    assert frontier(COSTS, lambda f: [1.0, 0.5, 0.6][f], [0, 1, 2]) == [0, 1, 2]
+
+
+def test_fewer_flops_alone_do_not_drop_a_cut():
+    """Both heads end in a dead second and both uploads end together: a tie, so the deeper wins."""
+    trace = Trace("dead-then-live", [0.0, 1.0], [0.0, 8.0], "synthetic")
+    costs = ModelCosts((CutPoint("a", 1000, 0.1), CutPoint("b", 1000, 0.3)), 1e9, 1000)
+    c = client(device=DeviceClass("d", 10.0, 0.0), trace=trace)
+    assert frontier(costs, None, [0, 1]) == [0, 1]
+    assert choose(c, costs, 0.0, candidates=[0, 1]).fragment == 1
+
+
+cut_costs = st.tuples(st.sampled_from([0, 500, 1000, 4000]), st.sampled_from([0.0, 0.1, 0.3, 0.3, 0.7, 1.0]),
+                      st.sampled_from([0.0, 0.01, 0.02]))
+
+
+@given(st.lists(cut_costs, min_size=1, max_size=6),
+       st.lists(st.sampled_from([0.0, 0.5, 2.0, 8.0]), min_size=1, max_size=5).filter(any),
+       st.floats(0, 10), st.floats(0, 10), st.sampled_from([0.0, 2.0]))
+def test_choosing_over_the_frontier_equals_choosing_over_all(cuts, mbps, send_s, offset, overhead):
+    costs = ModelCosts(tuple(CutPoint(f"c{i}", b, f) for i, (b, f, _) in enumerate(cuts)), 1e9, 1)
+    estimate = lambda f: cuts[f][2]  # noqa: E731
+    trace = Trace("steps", np.arange(len(mbps)) * 0.25, mbps, "synthetic")
+    c = client(device=DeviceClass("d", 10.0, overhead), trace=trace, offset=offset)
+    every = [*range(len(cuts)), None]
+    assert (choose(c, costs, send_s, estimate, frontier(costs, estimate, every))
+            == choose(c, costs, send_s, estimate, every))
+
+
+# Arrivals.
+
+@pytest.mark.parametrize("process, cv", [
+    (Poisson(40.0), 1.0), (Gamma(40.0, 0.5), 0.5), (Gamma(40.0, 1.0), 1.0), (Gamma(40.0, 2.5), 2.5)])
+def test_arrival_rate_and_coefficient_of_variation(process, cv):
+    rng = np.random.default_rng(7)
+    times = process.times(rng, 5000.0)
+    gaps = np.diff(times)
+    assert len(times) / 5000.0 == pytest.approx(40.0, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.05)
+    assert 0 < times[0] and times[-1] < 5000.0 and np.all(gaps >= 0)
+
+
+def test_bad_arrival_parameters_raise():
+    for bad in (lambda: Poisson(0.0), lambda: Gamma(1.0, 0.0), lambda: Gamma(-1.0, 1.0)):
+        with pytest.raises(GraftError):
+            bad()
+
+
+# Streams.
+
+def test_streams_are_sorted_numbered_deterministic_and_counted():
+    traces = [flat(2.0), Trace("wavy", [0.0, 1.0, 2.5], [1.0, 6.0, 0.0], "synthetic")]
+    clients = make_clients(8, DEVICES.values(), traces, rate_per_s=3.0, slo_s=0.3, cv=2.0, seed=5)
+    assert [(c.device.name, c.trace.name) for c in clients[:4:3]] == [
+        ("low-end", "flat-2.0"), ("flagship-npu", "flat-2.0")]
+    assert {(c.device.name, c.trace.name) for c in clients} == {
+        (d, t.name) for d in DEVICES for t in traces}
+    w = generate(clients, COSTS, duration_s=30.0, seed=11)
+    arrivals = [r.arrival_s for r in w.requests]
+    assert arrivals == sorted(arrivals) and [r.id for r in w.requests] == list(range(len(arrivals)))
+    assert w == generate(clients, COSTS, duration_s=30.0, seed=11)
+    assert w.requests != generate(clients, COSTS, duration_s=30.0, seed=12).requests
+    assert sum(s.sent for s in w.clients.values()) == len(w.requests) == sum(w.mix.values())
+    assert w.late == sum(r.budget_s <= 0 for r in w.requests) > 0
+    assert w.local > 0 and len(w.mix) > 1
+
+
+def test_generate_rejects_bad_arguments():
+    with pytest.raises(GraftError, match="distinct"):
+        generate([client(), client()], COSTS, 1.0)
+    with pytest.raises(GraftError, match="indices"):
+        generate([client()], COSTS, 1.0, fragments=[3])
+    with pytest.raises(GraftError, match="candidate"):
+        generate([client()], COSTS, 1.0, fragments=[], local=False)
+
+
+# A real model and a real trace.
+
+def tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 10)).eval()
+
+
+def test_model_costs_of_a_tiny_cnn():
+    model, x = tiny_cnn(), torch.randn(2, 3, 16, 16)
+    costs = model_costs(model, x)
+    convs = 2 * (8 * 16 * 16 * 3 * 9 + 16 * 8 * 8 * 8 * 9)  # a multiply-add is 2 FLOPs
+    assert costs.flops == convs + 2 * 16 * 10
+    assert costs.input_bytes == 3 * 16 * 16 * 4
+    assert costs.cuts == tuple(graft_fx.cut_points(model, x))
+    assert costs.cuts[0].activation_bytes == costs.input_bytes and costs.head_flops(0) == 0
+    assert costs.head_flops(len(costs.cuts) - 1) == convs
+
+
+def test_a_bundled_lte_uplink_end_to_end():
+    costs = model_costs(tiny_cnn(), torch.randn(2, 3, 16, 16))
+    trace = bundled("lte-verizon-up")
+    clients = make_clients(8, DEVICES.values(), [trace], rate_per_s=2.0, slo_s=0.05, seed=3)
+    assert len({c.offset_s for c in clients}) == 8
+    assert all(0 <= c.offset_s < trace.duration_s for c in clients)
+    w = generate(clients, costs, duration_s=60.0, seed=0, server_estimate=lambda f: 0.002)
+    assert len(w.requests) + w.local == sum(
+        s.sent + s.local for s in w.clients.values()) == pytest.approx(8 * 2.0 * 60.0, rel=0.15)
+    for r, o in zip(w.requests, w.origins):
+        assert r.arrival_s == o.send_s + o.device_s + o.upload_s
+        assert r.deadline_s == o.send_s + 0.05 and 0 <= o.send_s < 60.0
+        assert 0 <= r.fragment < len(costs.cuts)
+    assert math.isclose(sum(w.mix.values()), len(w.requests))
