@@ -111,10 +111,14 @@ def _placement(a: Analysis) -> tuple[frozenset, frozenset]:
 
 
 def _check_uniform(analyses: list[Analysis]) -> None:
-    """All fragments must live on the same devices and compute in the same floating dtypes."""
+    """All fragments must live on the same devices and compute in the same floating dtypes.
+
+    A fragment with no weights and no recorded input device (a weightless tail from ``split``)
+    has no placement of its own and agrees with any.
+    """
     placements = [_placement(a) for a in analyses]
     for i, what, one in ((0, "devices", "device"), (1, "floating dtypes", "dtype")):
-        if len({p[i] for p in placements}) > 1:
+        if len({p[i] for p in placements if p[i]}) > 1:
             listing = ", ".join(f"fragment {f}: {sorted(map(str, p[i]))}" for f, p in enumerate(placements))
             raise GraftError(f"fragments mix {what} ({listing}); move all fragments and their inputs "
                              f"to one {one} before realigning")

@@ -25,10 +25,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import graft_fx
+from graft_fx.align import NodeClass
 from graft_fx.separable import Role
 from nets import Drawn, batch_sizes, make_input, networks, rowmix
 
 MAX_FRAGMENTS = 4
+
+GraphModules = Sequence[fx.GraphModule]
 
 
 class Case(NamedTuple):
@@ -46,6 +49,7 @@ class Case(NamedTuple):
 
 @st.composite
 def cases(draw, nets: st.SearchStrategy[Drawn] = networks()) -> Case:
+    """A network from ``nets`` and one to MAX_FRAGMENTS cuts of it, repeats allowed."""
     drawn = draw(nets)
     cuts = graft_fx.cut_points(drawn.model, drawn.example)
     k = draw(st.integers(1, MAX_FRAGMENTS))
@@ -63,7 +67,7 @@ def presences(draw, case: Case) -> tuple[int | None, ...]:
     return tuple(None if f in absent else b for f, b in enumerate(sizes))
 
 
-def split_all(case: Case, models: Sequence[nn.Module] | None = None) -> tuple[list[fx.GraphModule], list[fx.GraphModule]]:
+def split_all(case: Case, models: Sequence[nn.Module] | None = None) -> tuple[list, list]:
     """Each fragment's (heads, tails), cut from ``models[f]`` (default: the drawn model).
 
     Fragments cut at the same place from the same model object get the same head and tail.
@@ -77,7 +81,7 @@ def split_all(case: Case, models: Sequence[nn.Module] | None = None) -> tuple[li
     return list(heads), list(tails)
 
 
-def tail_inputs(case: Case, heads: Sequence[fx.GraphModule], batches: Sequence[int | None], seed: int = 0) -> list:
+def tail_inputs(case: Case, heads: GraphModules, batches: Sequence[int | None], seed: int = 0) -> list:
     """What each fragment receives: its head run on fresh random rows (None if absent)."""
     with torch.no_grad():
         return [
@@ -86,7 +90,7 @@ def tail_inputs(case: Case, heads: Sequence[fx.GraphModule], batches: Sequence[i
         ]
 
 
-def assert_matches_separate(rm: graft_fx.RealignedModule, tails: Sequence[fx.GraphModule], inputs: Sequence) -> None:
+def assert_matches_separate(rm: graft_fx.RealignedModule, tails: GraphModules, inputs: Sequence) -> None:
     """``rm(*inputs)[f]`` equals ``tails[f](inputs[f])`` for every fragment, None for an absent one."""
     with torch.no_grad():
         got = rm(*inputs)
@@ -99,7 +103,7 @@ def assert_matches_separate(rm: graft_fx.RealignedModule, tails: Sequence[fx.Gra
             torch.testing.assert_close(g, e, msg=lambda m, f=f: f"fragment {f}: {m}")
 
 
-def class_of(rm: graft_fx.RealignedModule) -> dict[tuple[int, str], "graft_fx.align.NodeClass"]:
+def class_of(rm: graft_fx.RealignedModule) -> dict[tuple[int, str], NodeClass]:
     """The class of every (fragment, node name)."""
     return {(f, n.name): c for c in rm._classes for f, n in c.members}
 
@@ -123,7 +127,7 @@ def layer_nodes(gm: fx.GraphModule) -> int:
     return sum(n.op.startswith("call_") and n not in bookkeeping for n in gm.graph.nodes)
 
 
-def assert_deepest_suffix_shared(rm: graft_fx.RealignedModule, case: Case, tails: Sequence[fx.GraphModule]) -> None:
+def assert_deepest_suffix_shared(rm: graft_fx.RealignedModule, case: Case, tails: GraphModules) -> None:
     """Every layer of the deepest fragment is shared (its ops are all batch-separable) and runs
     once, on the rows of every fragment."""
     k, d = len(case.chosen), case.deepest
@@ -150,7 +154,8 @@ def test_realigned_outputs_equal_separate_outputs(case, data):
 
 @given(cases())
 def test_deepest_fragments_tail_is_shared_by_all(case):
-    _, tails = split_all(case)
+    """Sharing where it must: every fragment runs the deepest fragment's tail, so all share it."""
+    heads, tails = split_all(case)
     assert_deepest_suffix_shared(graft_fx.realign(tails), case, tails)
 
 
@@ -161,9 +166,8 @@ def test_fragments_cut_from_an_equal_copy_share_alike(case, data):
     k = len(case.chosen)
     twin = copy.deepcopy(case.drawn.model)
     from_twin = data.draw(st.lists(st.booleans(), min_size=k, max_size=k).filter(any))
-    _, original_tails = split_all(case)
+    one = graft_fx.realign(split_all(case)[1])
     heads, tails = split_all(case, [twin if t else case.drawn.model for t in from_twin])
-    one = graft_fx.realign(original_tails)
     mixed = graft_fx.realign(tails)
     assert partition(mixed) == partition(one)
     assert mixed.plan == one.plan
@@ -184,6 +188,8 @@ def mixes_rows(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 @given(cases(networks(allow_unshareable=True).filter(lambda d: d.unshareable)), st.data())
 def test_unshareable_layers_stay_private(case, data):
+    """Layers whose rows depend on other rows run alone, and the plan says why; classes merge
+    batch-separable nodes only; outputs still equal separate runs."""
     heads, tails = split_all(case)
     rm = graft_fx.realign(tails)
     assert_matches_separate(rm, tails, tail_inputs(case, heads, data.draw(presences(case))))
@@ -202,8 +208,8 @@ def test_unshareable_layers_stay_private(case, data):
 
 @given(cases(), st.data())
 def test_presence_patterns_reuse_their_graphs(case, data):
-    """One module, many calls: absent, empty and non-empty fragments in every combination. Each
-    pattern runs twice; the second run finds the graph built for its present fragments."""
+    """One module, many calls, each with its own mix of absent, empty and non-empty fragments.
+    Each pattern runs twice; the second run finds the graph built for its present fragments."""
     heads, tails = split_all(case)
     rm = graft_fx.realign(tails)
     patterns = data.draw(st.lists(presences(case), min_size=1, max_size=5))
@@ -214,3 +220,14 @@ def test_presence_patterns_reuse_their_graphs(case, data):
         if present:
             graph = rm.graph_for(present)
             assert graphs.setdefault(present, graph) is graph, f"graph for {set(present)} was rebuilt"
+
+
+def test_weightless_fragment_realigns_with_weighted_ones():
+    """A tail without weights (a lone relu) realigns with one that has them: a failure the
+    property tests found, minimized."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    heads, tails = zip(*(graft_fx.split(model, cut, x) for cut in graft_fx.cut_points(model, x)))
+    rm = graft_fx.realign(tails)
+    with torch.no_grad():
+        assert_matches_separate(rm, tails, [head(x) for head in heads])
