@@ -145,7 +145,7 @@ class _Emitter:
         pieces = [(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in self.present_members(c)]
         if verdict.role is Role.CONST:
             return self.value[pieces[0][1].index]
-        return self.gather(pieces, isinstance(self.analyses[f0].facts[rep_arg].value, torch.Tensor))
+        return self.gather(pieces, self._is_tensor(pieces[0][1]))
 
     def flat_args(self, node: fx.Node) -> list:
         if node not in self.flat:
