@@ -11,7 +11,7 @@ The output JSON is device data: commit it under benchmarks/ with the device it c
 latency of a fragment (the tail from a cut on) is approximately the sum of its pieces, since eager
 execution launches the pieces' kernels one after another.
 
-    python benchmarks/profile_gpu.py --out benchmarks/profiles/h200.json
+    python benchmarks/profile_gpu.py --out graft_fx/serving/data/profiles/h200.json
     python benchmarks/profile_gpu.py --device cpu --models resnet50 --batches 1,2 --sms 0 --reps 2
 """
 

@@ -6,9 +6,12 @@ the runtime) owns those, calls `arrive` for each request, and calls `poll` when 
 when the executor became free, and at `next_wakeup`; `poll` answers which batch to start now and
 which requests it dropped. The same code therefore runs on virtual and on wall-clock time.
 
-The policy plans with the group's latency profile, ``latency(n)``: the service time of a batch of
-n requests, positive and non-decreasing in n. With ``start = max(now, busy_until)`` the earliest
-moment the executor can take a new batch:
+The policy plans with the group's latency profile, ``latency(batch)``: the service time of a batch
+(a sequence of requests), positive and never smaller for a batch that holds more requests. It sees
+the requests, not just their number, because a realigned group's batch costs what its mix costs: a
+request cut early runs more pieces than one cut late (`Profile.batch_s`). Below, ``latency(k)``
+is short for the latency of the first k queued requests. With ``start = max(now, busy_until)``
+the earliest moment the executor can take a new batch:
 
 - **Earliest deadline first.** Requests wait in (deadline, arrival, id) order. The *candidate* is
   the longest prefix of that order, at most ``max_batch`` long, that meets every member's deadline
@@ -23,10 +26,10 @@ moment the executor can take a new batch:
   nobody queued is left out, waiting never costs a queued request its deadline. ``eager=True``
   starts the candidate whenever the executor is free instead: work-conserving, for baselines.
 - **Drop early.** A request is dropped as soon as it could not meet its deadline even alone:
-  ``start > deadline_s - latency(1)``. That is checked at every poll, and again just after a batch
+  ``start > deadline_s - latency((request,))``. That is checked at every poll, and again just after a batch
   starts, against the finish the profile predicts for it, so executor time is never spent on a
   request that cannot make it and the client hears at once. A request whose budget was below
-  ``latency(1)`` from its arrival is dropped as ``"hopeless"``; one that lost its slack in the
+  its latency alone from its arrival is dropped as ``"hopeless"``; one that lost its slack in the
   queue or behind a busy executor as ``"expired"``.
 
 Feasibility is always tested as ``start <= deadline - latency(n)``, never as
@@ -41,16 +44,16 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import GraftError
 from .requests import Request
 
-HOPELESS = "hopeless"  # budget below latency(1) from the moment it arrived
+HOPELESS = "hopeless"  # budget below its latency alone from the moment it arrived
 EXPIRED = "expired"    # could have made it at arrival, but queueing used up its slack
 
-Latency = Callable[[int], float]
+Latency = Callable[[Sequence[Request]], float]  # a batch's service time
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class BatchQueue:
         """Drop what can no longer make it, and start the candidate batch if its time has come.
 
         ``busy_until`` is when the executor finishes its current batch (at or before ``now`` when
-        it is free). A batch started here runs until ``now + latency(len(batch))`` as far as the
+        it is free). A batch started here runs until ``now + latency(batch)`` as far as the
         queue knows, until the next poll says otherwise.
         """
         self._advance(now)
@@ -128,7 +131,7 @@ class BatchQueue:
         batch: tuple[Request, ...] = ()
         if now >= busy_until and self._queue and self._dispatch_time(now) <= now:
             batch = self._dispatch()
-            busy_until = now + self.latency(len(batch))
+            busy_until = now + self.latency(batch)
             dropped += self._drop(busy_until, now)
         self._busy_until = busy_until
         return Decision(batch, dropped)
@@ -142,7 +145,7 @@ class BatchQueue:
         if not self._queue:
             return None
         start = max(now, self._busy_until)
-        if self._hopeless_at(self._queue[0], start):
+        if any(self._hopeless_at(r, start) for r in self._queue):
             return now
         return self._dispatch_time(start)
 
@@ -152,18 +155,18 @@ class BatchQueue:
         self._now = now
 
     def _hopeless_at(self, request: Request, start: float) -> bool:
-        return start > request.deadline_s - self.latency(1)
+        return start > request.deadline_s - self.latency((request,))
 
     def _drop(self, start: float, now: float) -> tuple[Drop, ...]:
         """Drop the queued requests that cannot meet their deadline when started at ``start``.
 
-        They are a prefix of the EDF order, since the test is monotone in the deadline.
+        Latency alone differs between fragment types, so they need not be a prefix of EDF order.
         """
-        n = 0
-        while n < len(self._queue) and self._hopeless_at(self._queue[n], start):
-            n += 1
-        drops = tuple(Drop(r, now, self._reason(r)) for r in self._queue[:n])
-        del self._queue[:n]
+        hopeless = [self._hopeless_at(r, start) for r in self._queue]
+        if not any(hopeless):
+            return ()
+        drops = tuple(Drop(r, now, self._reason(r)) for r, h in zip(self._queue, hopeless) if h)
+        self._queue = [r for r, h in zip(self._queue, hopeless) if not h]
         self.stats.drops.update(d.reason for d in drops)
         return drops
 
@@ -171,13 +174,20 @@ class BatchQueue:
         return HOPELESS if self._hopeless_at(request, request.arrival_s) else EXPIRED
 
     def _candidate_size(self, start: float) -> int:
-        """The longest EDF prefix that meets its head's deadline from ``start`` (head feasible)."""
+        """The longest EDF prefix that meets its head's deadline from ``start`` (head feasible).
+
+        A longer prefix never takes less time, so the fitting prefixes are the ones up to some
+        length: binary search for it.
+        """
         deadline = self._queue[0].deadline_s
-        limit = min(self.max_batch, len(self._queue))
-        k = 1
-        while k < limit and start <= deadline - self.latency(k + 1):
-            k += 1
-        return k
+        lo, hi = 1, min(self.max_batch, len(self._queue))  # prefix lo fits; find the longest
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if start <= deadline - self.latency(self._queue[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _dispatch_time(self, start: float) -> float:
         """When the candidate at ``start`` starts if nothing arrives: ``start``, or its latest
@@ -186,7 +196,7 @@ class BatchQueue:
         can_grow = k == len(self._queue) and k < self.max_batch
         if self.eager or not can_grow:
             return start
-        return self._queue[0].deadline_s - self.latency(k)
+        return self._queue[0].deadline_s - self.latency(self._queue[:k])
 
     def _dispatch(self) -> tuple[Request, ...]:
         batch = tuple(self._queue[:self._candidate_size(self._now)])
@@ -221,7 +231,7 @@ class Outcome:
 def run_offline(requests: Iterable[Request], latency: Latency, max_batch: int,
                 eager: bool = False) -> Outcome:
     """Serve ``requests`` from one `BatchQueue` on a virtual clock whose batches take exactly
-    ``latency(n)``; polls at every arrival, every executor-free time and every wakeup."""
+    ``latency(batch)``; polls at every arrival, every executor-free time and every wakeup."""
     arrivals = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     queue = BatchQueue(latency, max_batch, eager)
     batches: list[Batch] = []
@@ -235,7 +245,7 @@ def run_offline(requests: Iterable[Request], latency: Latency, max_batch: int,
         decision = queue.poll(now, busy_until)
         drops += decision.dropped
         if decision.start:
-            busy_until = now + latency(len(decision.start))
+            busy_until = now + latency(decision.start)
             batches.append(Batch(now, decision.start, busy_until))
         events = [queue.next_wakeup(now), busy_until if busy_until > now else None,
                   arrivals[i].arrival_s if i < len(arrivals) else None]

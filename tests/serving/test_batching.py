@@ -1,7 +1,9 @@
 """The batching policy: hand-written scenarios on `BatchQueue` and `run_offline`, and properties of
 `run_offline` over random request streams, latency profiles and batch limits.
 
-Deadlines are checked as the module states them, ``start <= deadline - latency(n)``.
+Deadlines are checked as the module states them, ``start <= deadline - latency(batch)``. The
+random latencies include mix-aware ones, where a request's fragment type sets what it costs, as a
+realigned group's batches do.
 """
 
 import math
@@ -19,25 +21,37 @@ from graft_fx.serving.requests import Request
 
 @dataclass(frozen=True)
 class Linear:
-    """latency(n) = a + b * n"""
+    """latency(batch) = a + b * len(batch)"""
 
     a: float
     b: float
 
-    def __call__(self, n):
-        return self.a + self.b * n
+    def __call__(self, batch):
+        return self.a + self.b * len(batch)
 
 
 @dataclass(frozen=True)
 class Table:
-    """latency(n) = values[n - 1], a non-decreasing table."""
+    """latency(batch) = values[len(batch) - 1], a non-decreasing table."""
 
     values: tuple
 
-    def __call__(self, n):
-        return self.values[n - 1]
+    def __call__(self, batch):
+        return self.values[len(batch) - 1]
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """latency(batch) = a + the sum of its requests' costs by fragment type."""
+
+    a: float
+    costs: tuple
+
+    def __call__(self, batch):
+        return self.a + sum(self.costs[r.fragment] for r in batch)
+
+
+FRAGMENTS = 3  # fragment types in the random scenarios
 LAT = Linear(1.0, 0.25)  # exact in binary: L(1) = 1.25, L(2) = 1.5, L(4) = 2.0
 
 
@@ -99,6 +113,16 @@ def test_a_request_squeezed_out_by_a_started_batch_is_dropped_when_it_starts():
     assert [(d.request.id, d.at_s, d.reason) for d in out.drops] == [(1, 0.0, EXPIRED)]
 
 
+def test_a_mix_aware_latency_prices_each_request_by_its_fragment_type():
+    """An early-cut request (type 0) costs more than a late-cut one (type 1): the expensive one is
+    hopeless although its deadline is later, and the cheap ones batch together."""
+    latency = Mixed(1.0, (2.0, 0.0))
+    reqs = [Request(2.0, 0.0, 0, 1), Request(2.5, 0.0, 1, 0), Request(2.0, 0.0, 2, 1)]
+    out = run_offline(reqs, latency, max_batch=8)
+    assert [(d.request.id, d.reason) for d in out.drops] == [(1, HOPELESS)]
+    assert [(b.start_s, ids(b), b.finish_s) for b in out.batches] == [(1.0, [0, 2], 2.0)]
+
+
 def test_a_batch_that_cannot_grow_starts_now():
     # A third request would miss the head's deadline (0 > 1.6 - 1.75), and waiting only makes
     # that worse: the pair starts at once, the third waits for its own latest start.
@@ -128,8 +152,12 @@ def test_bad_calls_raise():
 
 @st.composite
 def latencies(draw, max_batch):
-    if draw(st.booleans()):
+    kind = draw(st.sampled_from(["linear", "table", "mixed"]))
+    if kind == "linear":
         return Linear(draw(st.floats(0.01, 1.0)), draw(st.floats(0.0, 0.5)))
+    if kind == "mixed":
+        return Mixed(draw(st.floats(0.01, 1.0)), tuple(draw(st.lists(st.floats(0.0, 1.0),
+                                                                     min_size=FRAGMENTS, max_size=FRAGMENTS))))
     steps = draw(st.lists(st.floats(0.0, 0.5), min_size=max_batch - 1, max_size=max_batch - 1))
     return Table(tuple(accumulate(steps, initial=draw(st.floats(0.01, 1.0)))))
 
@@ -143,9 +171,10 @@ def scenarios(draw, infinite_deadlines=False):
     n = draw(st.integers(0, 40))
     gaps = draw(st.lists(st.just(0.0) | st.floats(0.0, 2.0), min_size=n, max_size=n))
     budgets = draw(st.lists(st.floats(0.5, 8.0), min_size=n, max_size=n))
-    unit = latency(1)
-    reqs = [Request(math.inf if infinite_deadlines else t + budget * unit, t, i, 0)
-            for i, (t, budget) in enumerate(zip(accumulate(g * unit for g in gaps), budgets))]
+    fragments = draw(st.lists(st.integers(0, FRAGMENTS - 1), min_size=n, max_size=n))
+    unit = latency((Request(0.0, 0.0, 0, 0),))
+    reqs = [Request(math.inf if infinite_deadlines else t + budget * unit, t, i, f)
+            for i, (t, budget, f) in enumerate(zip(accumulate(g * unit for g in gaps), budgets, fragments))]
     return reqs, latency, max_batch, draw(st.booleans())
 
 
@@ -162,7 +191,7 @@ def waiting(reqs, out, batch, latency):
     (those are dropped before the batch is formed)."""
     left, start = fates(out), batch.start_s
     return [r for r in reqs if r.arrival_s <= start and r not in batch.requests
-            and left[r.id] >= start and start <= r.deadline_s - latency(1)]
+            and left[r.id] >= start and start <= r.deadline_s - latency((r,))]
 
 
 @given(scenarios())
@@ -189,11 +218,11 @@ def test_batches_meet_every_deadline_and_never_overlap(scenario):
     for b in out.batches:
         assert 1 <= len(b.requests) <= max_batch
         assert b.start_s >= free  # the executor was free
-        assert all(r.arrival_s <= b.start_s <= r.deadline_s - latency(len(b.requests))
+        assert all(r.arrival_s <= b.start_s <= r.deadline_s - latency(b.requests)
                    for r in b.requests)
         free = b.finish_s
     assert sorted(out.completed_s().items()) == sorted(
-        (r.id, b.start_s + latency(len(b.requests))) for b in out.batches for r in b.requests)
+        (r.id, b.start_s + latency(b.requests)) for b in out.batches for r in b.requests)
 
 
 @given(scenarios())
@@ -205,7 +234,7 @@ def test_drops_are_forced_and_prompt(scenario):
     for d in out.drops:
         r, t = d.request, d.at_s
         free = max((b.finish_s for b in out.batches if b.start_s <= t), default=-math.inf)
-        latest = r.deadline_s - latency(1)
+        latest = r.deadline_s - latency((r,))
         assert max(t, free) > latest
         assert r.arrival_s <= t <= max(r.arrival_s, latest)
         assert d.reason == (HOPELESS if r.arrival_s > latest else EXPIRED)
@@ -223,7 +252,7 @@ def test_batches_are_the_longest_edf_prefix_that_fits(scenario):
         assert list(b.requests) == sorted(b.requests)
         assert all(r > b.requests[-1] for r in rest)
         if rest and len(b.requests) < max_batch:
-            assert b.start_s > b.requests[0].deadline_s - latency(len(b.requests) + 1)
+            assert b.start_s > b.requests[0].deadline_s - latency((*b.requests, min(rest)))
 
 
 @given(scenarios())
@@ -239,7 +268,7 @@ def test_batches_wait_only_while_they_could_grow(scenario):
         if eager or rest or len(b.requests) == max_batch:
             assert b.start_s == free or b.start_s in {r.arrival_s for r in [*b.requests, *rest]}
         else:
-            assert b.start_s == b.requests[0].deadline_s - latency(len(b.requests))
+            assert b.start_s == b.requests[0].deadline_s - latency(b.requests)
         free = b.finish_s
 
 
