@@ -1,0 +1,403 @@
+"""Planning: which fragment types share one realigned instance, and how much accelerator each gets.
+
+The planner takes one model's latency `Profile` and a `Demand` per fragment type (its arrival rate
+and the server-side latency budget it must fit) and returns a `Plan`: a partition of the types
+into *groups*, one realigned instance each, with a share of the accelerator per replica, a
+replica count and a batching duty cycle, such that every group keeps up with its load and fits the
+tightest budget of its members. The objective is the least total share: Graft's claim is that
+merging fragments into realigned groups on fine-grained shares needs much less accelerator than
+one instance per fragment type.
+
+**The model of one group** (Nexus-style duty cycle). Members ``f_1 < ... < f_k`` with rates
+``λ_m`` run on ``r`` replicas of share ``s``; each replica receives ``Λ / r`` and starts one batch
+every duty cycle ``T``, holding what arrived during the previous one. Piece ``i`` runs once on the
+rows of every member at or before it, so with ``u = T / r`` and ``C_i = Σ_{f_m <= i} λ_m`` it
+gets ``x_i = u C_i`` rows in expectation; fractional rows are fine, since the profile's
+interpolation through 0 at 0 rows makes a fraction of a row the expected latency of a piece that
+runs in that fraction of batches. The batch a given request rides in holds its own row plus, with
+Poisson arrivals, the expected rows of everyone else, so it takes
+
+    latency = Σ_{i >= f_1} L_i(x_i + 1, s)        (`Profile.pieces_s`)
+
+The group *keeps up* when ``latency <= T``: a batch that holds a request is over before the next
+one starts (Nexus's ``ℓ(b) <= d``). It *fits* when ``T + latency <= budget``, the smallest budget
+of its members: a request that arrives just after a batch started waits ``T`` for the next one.
+Two deliberate pessimisms. Adding the row to every piece from ``f_1``, not only to the tight
+member's pieces, means no group ever plans on a request finishing faster than its tail does alone
+on one row. And keeping up is judged on that batch, not on the expected one (``busy`` =
+``Σ L_i(x_i, s)``, reported as `Group.busy_s`): with fractional rows, ``busy <= T`` alone would
+accept a replica that runs slivers of a row every few microseconds at nearly full utilisation, a
+fluid server whose real queue explodes. The model is otherwise one of expectations: it sizes the
+average batch, not the queueing tail, which the batching policy and the simulator then judge.
+
+Every piece's ``x_i + 1`` stays within `Profile.max_batch`: the plan never rests on extrapolated
+batches. Shares are multiples of ``share_step`` in (0, 1]; a group needing more than one
+accelerator's worth of throughput gets more replicas; its cost is ``r * s``.
+
+**Why parametrise by u = T / r.** The rows depend on ``u`` only, so for a fixed ``(u, s)`` the
+latency is fixed and the best replica count is the least that keeps up, ``r = ceil(latency / u)``
+(more replicas only lengthen ``T = r u``); the group is feasible there when
+``r u + latency <= budget``. The search is then a brute force over the share grid and a geometric
+grid of ``u`` (from a thousandth of the smallest budget to the largest, about 16% apart, one grid
+for all groups), with no search over ``r``. As the grid depends on budgets and never on rates,
+more load gives more rows at every grid point, hence a larger ``latency`` and ``r``: **more load
+never needs less share**, exactly, not just up to the search's luck.
+
+**Evaluating groups cheaply.** The profile interpolates linearly in share between measured shares
+(and as ``1 / share`` below the smallest), with the same weights for every piece and batch; so
+groups are evaluated at the few measured shares and mapped onto the whole share grid by one small
+matrix product. Along a group's pieces the rows change only at member cuts, and member ``m`` of a
+group that starts at type ``a`` gets ``u Σ_{a <= j <= m} λ_j`` rows however deep the group
+reaches. So, from tables of each member's own pieces and of its tail to the end of the model (sums
+over pieces, precomputed), every group starting at ``a`` is a prefix sum over members plus its
+deepest member's tail, and all of them are evaluated at once as one ``(groups, u, shares)`` array.
+
+**Grouping.** Types are sorted by cut and partitioned into contiguous runs by dynamic
+programming, forward: once ``best[a]`` (the least share for types ``0 .. a-1``) is final, every
+run ``a .. b-1`` updates ``best[b]``; ``n (n + 1) / 2`` runs in all. Contiguity is a design choice,
+not a theorem: a group runs every piece from its shallowest member on, so the types that ride
+along most cheaply are the ones between its shallowest and deepest members, and contiguous runs
+keep the search polynomial where general partitions are not. Singleton runs are always candidates
+(evaluated by the same code in both modes), so ``realign=True`` never needs more share than
+``realign=False``, the one instance per fragment type baseline.
+
+`fluid_bound` is the throughput-only lower bound, and `Replanner` re-plans when rates drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import GraftError
+from .profiles import Profile
+
+# The grid of u = T / r: from this fraction of the smallest budget to the largest, this far apart.
+_U_LOW = 1e-3
+_U_RATIO = 1.16
+_CHUNK_CELLS = 32768  # (groups, u, shares) cells evaluated together: arrays that stay in cache
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Requests of fragment type ``fragment`` arrive at ``rate_per_s``, and each must finish on the
+    server within ``budget_s`` (e.g. the 1st percentile of that type's request budgets)."""
+
+    fragment: int
+    rate_per_s: float
+    budget_s: float
+
+
+@dataclass(frozen=True)
+class Group:
+    """Fragment types that one realigned instance serves, and how it is sized.
+
+    Each of ``replicas`` replicas runs on ``share`` of an accelerator and starts a batch every
+    ``duty_cycle_s``. ``rows`` is the expected number of rows in a batch, all members together
+    (the rows the group's deepest pieces see). ``latency_s`` is the time of the batch a given
+    request rides in (its own row on top of the expected others): at most ``duty_cycle_s``, and
+    ``duty_cycle_s + latency_s`` is at most ``budget_s``, the smallest budget of the members.
+    ``busy_s`` is the expected executor time of a batch, so ``busy_s / duty_cycle_s`` is the
+    expected utilisation of a replica.
+    """
+
+    fragments: tuple[int, ...]
+    share: float
+    replicas: int
+    duty_cycle_s: float
+    busy_s: float
+    latency_s: float
+    budget_s: float
+    rows: float
+
+    @property
+    def total_share(self) -> float:
+        return self.share * self.replicas
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Groups that together serve every demanded fragment type exactly once."""
+
+    groups: tuple[Group, ...]
+
+    @property
+    def total_share(self) -> float:
+        return sum(g.total_share for g in self.groups)
+
+    def group_of(self, fragment: int) -> int:
+        """The index in ``groups`` of the group that serves ``fragment``."""
+        for i, g in enumerate(self.groups):
+            if fragment in g.fragments:
+                return i
+        planned = sorted(f for g in self.groups for f in g.fragments)
+        raise GraftError(f"fragment {fragment} is not in the plan: it serves fragments {planned}")
+
+    def __str__(self) -> str:
+        head = ("group", "fragments", "share", "replicas", "cycle ms", "latency ms", "budget ms")
+        rows = [head] + [(str(i), ",".join(map(str, g.fragments)), f"{g.share:.2f}", str(g.replicas),
+                          f"{g.duty_cycle_s * 1e3:.3f}", f"{g.latency_s * 1e3:.3f}",
+                          f"{g.budget_s * 1e3:.3f}") for i, g in enumerate(self.groups)]
+        widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        return "\n".join(lines + [f"total share {self.total_share:.2f}"])
+
+
+def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
+         share_step: float = 0.01) -> Plan:
+    """The least-share plan for ``demands`` on ``profile``; see the module docstring.
+
+    ``realign=False`` gives every type its own instance (the per-fragment baseline). Raises
+    GraftError for bad demands and for a type that cannot meet its budget even alone on a whole
+    accelerator (roughly: a budget below twice its one-row latency at share 1.0).
+    """
+    demands = _check_demands(profile, demands)
+    if not demands:
+        return Plan(())
+    t = _Tables(profile, _check_step(share_step), demands)
+    n = len(demands)
+    singles = [_runs(t, a, a + 1) for a in range(n)]
+    for d, single in zip(demands, singles):
+        if not math.isfinite(single.cost[0]):
+            raise _unservable(profile, d)
+    best = [0.0] + [math.inf] * n        # best[b]: the least share for types 0 .. b-1
+    last: list[tuple[int, _Runs]] = [(0, singles[0])] * (n + 1)  # last[b]: its last group's start
+    for a in range(n):
+        # singles[a] sizes the group of a alone; _runs(a, n) the longer ones (b >= a + 2)
+        for b, cost, runs in _candidates(t, a, singles[a], realign):
+            if best[a] + cost < best[b]:
+                best[b], last[b] = best[a] + cost, (a, runs)
+    groups, b = [], n
+    while b > 0:
+        a, runs = last[b]
+        groups.append(_group(t, a, b, runs))
+        b = a
+    return Plan(tuple(reversed(groups)))
+
+
+def _candidates(t: _Tables, a: int, single: _Runs, realign: bool):
+    """(b, cost, runs) for the groups a .. b-1 the partition may use."""
+    yield a + 1, float(single.cost[0]), single
+    if realign and a + 1 < t.n:
+        runs = _runs(t, a, t.n)
+        for b in range(a + 2, t.n + 1):
+            yield b, float(runs.cost[b - a - 1]), runs
+
+
+def fluid_bound(profile: Profile, rates: Mapping[int, float]) -> float:
+    """The least total share any policy needs for throughput alone, ignoring latency.
+
+    Under re-alignment piece ``i`` processes ``Σ_{f <= i} λ_f`` rows a second, and no batch within
+    the measured range, at any share, processes a row of piece ``i`` for less than
+    ``min s L_i(b, s) / b`` share-seconds over the measured batches ``b`` and shares ``s``: between
+    measured points the profile is linear in rows and in share, so ``L / b`` and ``s L`` take their
+    least values at measured points, and below the smallest measured share ``s L`` is constant.
+    """
+    demands = _check_demands(profile, [Demand(f, r, math.inf) for f, r in rates.items() if r != 0],
+                             budgets=False)
+    per_row = _per_row_cost(profile)
+    load = np.zeros(len(profile.pieces))
+    for d in demands:
+        load[d.fragment] += d.rate_per_s
+    return float(np.cumsum(load) @ per_row)
+
+
+class Replanner:
+    """Keeps a plan and re-plans when the rates it was made for drift.
+
+    ``observe`` re-plans when a type's rate moved by more than ``tolerance`` (relative), a type
+    appeared or disappeared (a rate of 0 counts as absent), or a budget changed since the last plan.
+    """
+
+    def __init__(self, profile: Profile, budgets: Mapping[int, float], tolerance: float = 0.2,
+                 realign: bool = True, share_step: float = 0.01):
+        if not tolerance >= 0:
+            raise GraftError(f"tolerance {tolerance}: expected a relative drift of 0 or more")
+        self.profile = profile
+        self.budgets = dict(budgets)
+        self.tolerance = tolerance
+        self.realign = realign
+        self.share_step = share_step
+        self.plan: Plan | None = None
+        self.rates: dict[int, float] = {}
+
+    def set_budget(self, fragment: int, budget_s: float) -> None:
+        """Change one type's budget; the next `observe` re-plans."""
+        self.budgets[fragment] = budget_s
+        self.plan = None
+
+    def observe(self, rates: Mapping[int, float]) -> Plan | None:
+        """The new plan if ``rates`` call for one (it is kept), else None."""
+        rates = {f: float(r) for f, r in rates.items() if r != 0}
+        if self.plan is not None and not self._drifted(rates):
+            return None
+        missing = sorted(set(rates) - set(self.budgets))
+        if missing:
+            raise GraftError(f"no budget for fragments {missing}: expected one for every observed type, "
+                             f"have {sorted(self.budgets)}")
+        demands = [Demand(f, r, self.budgets[f]) for f, r in sorted(rates.items())]
+        self.plan = plan(self.profile, demands, self.realign, self.share_step)
+        self.rates = rates
+        return self.plan
+
+    def _drifted(self, rates: Mapping[int, float]) -> bool:
+        if rates.keys() != self.rates.keys():
+            return True
+        return any(abs(r - self.rates[f]) > self.tolerance * self.rates[f] for f, r in rates.items())
+
+
+# Validation and errors.
+
+def _check_demands(profile: Profile, demands: Iterable[Demand], budgets: bool = True) -> list[Demand]:
+    demands = sorted(demands, key=lambda d: d.fragment)
+    n = len(profile.pieces)
+    for d in demands:
+        if not (isinstance(d.fragment, (int, np.integer)) and 0 <= d.fragment < n):
+            raise GraftError(f"demand for fragment {d.fragment!r}: expected a fragment index in "
+                             f"0..{n - 1} ({profile.model} has {n} fragment types)")
+        if not (math.isfinite(d.rate_per_s) and d.rate_per_s > 0):
+            raise GraftError(f"demand for fragment {d.fragment}: rate {d.rate_per_s}/s, expected a "
+                             "positive finite rate")
+        if budgets and not (math.isfinite(d.budget_s) and d.budget_s > 0):
+            raise GraftError(f"demand for fragment {d.fragment}: budget {d.budget_s} s, expected a "
+                             "positive finite budget")
+    repeated = sorted({a.fragment for a, b in zip(demands, demands[1:]) if a.fragment == b.fragment})
+    if repeated:
+        raise GraftError(f"several demands for fragments {repeated}: expected one per fragment type")
+    return demands
+
+
+def _check_step(share_step: float) -> float:
+    if not (0 < share_step <= 1):
+        raise GraftError(f"share_step {share_step}: expected a fraction of one accelerator in (0, 1]")
+    return float(share_step)
+
+
+def least_budget(profile: Profile, fragment: int) -> float:
+    """The least budget a type can be planned for, with room to spare: twice its latency alone
+    on one row of a whole accelerator (a request may wait as long again for its batch to start),
+    one step of the duty-cycle grid more."""
+    return 2 * _U_RATIO * profile.fragment_s(fragment, 1, 1.0)
+
+
+def _unservable(profile: Profile, d: Demand) -> GraftError:
+    least = profile.fragment_s(d.fragment, 1, 1.0)
+    return GraftError(
+        f"fragment {d.fragment} (cut {profile.pieces[d.fragment].start!r}) cannot be served at "
+        f"{d.rate_per_s:g}/s within its budget of {d.budget_s * 1e3:.3f} ms: alone on a whole "
+        f"accelerator its pieces take {least * 1e3:.3f} ms on one row, and a request may wait as long "
+        f"again for its batch to start; expected a budget above {2 * least * 1e3:.3f} ms (and a rate "
+        f"whose batches stay within the largest measured batch, {profile.max_batch})")
+
+
+# The tables every group is evaluated with.
+
+class _Tables:
+    """A profile prepared for evaluating groups of the demanded types (see "Evaluating groups
+    cheaply"). ``latency[block * (max_batch + 1) + rows, measured share]``: blocks ``0 .. n-1`` are
+    each member's own pieces (up to the next member's cut), blocks ``n .. 2n-1`` its tail to the
+    end of the model; ``step`` is the rise to the next row (never negative)."""
+
+    def __init__(self, profile: Profile, share_step: float, demands: list[Demand]):
+        frags = np.array([d.fragment for d in demands], dtype=int)
+        self.rates = np.array([d.rate_per_s for d in demands], dtype=float)
+        self.budgets = np.array([d.budget_s for d in demands], dtype=float)
+        self.frags, self.n, self.max_batch = frags, len(frags), profile.max_batch
+        count = int(math.floor(1 / share_step + 1e-9))
+        self.shares = np.round(np.arange(1, count + 1) * share_step, 12)
+        self.weights = _share_weights(profile.shares, self.shares).T  # (measured, grid shares)
+        lo, hi = self.budgets.min() * _U_LOW, self.budgets.max()
+        self.u = np.geomspace(lo, hi, 1 + math.ceil(math.log(hi / lo) / math.log(_U_RATIO)))
+        # suffix[k, x, m]: pieces k.. on x = 0 .. max_batch rows at measured share m; suffix[P] = 0
+        table = np.stack([profile.table(float(s)) for s in profile.shares], axis=-1)
+        suffix = np.concatenate((np.flip(np.cumsum(np.flip(table, 0), 0), 0), np.zeros_like(table[:1])))
+        ends = np.append(frags[1:], len(profile.pieces))
+        blocks = np.concatenate((suffix[frags] - suffix[ends], suffix[frags]))
+        self.latency = blocks.reshape(-1, blocks.shape[-1])
+        self.step = np.maximum(np.diff(blocks, axis=1, append=blocks[:, -1:]), 0).reshape(
+            self.latency.shape)
+
+    def lookup(self, blocks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``out[i, j, m]``: block ``blocks[i]`` on ``rows[i, j]`` rows at measured share ``m``
+        (linear between whole rows, as the profile interpolates)."""
+        rows = np.minimum(rows, self.max_batch)
+        whole = np.minimum(rows.astype(int), self.max_batch - 1)
+        i = blocks[:, None] * (self.max_batch + 1) + whole
+        return self.latency[i] + self.step[i] * (rows - whole)[..., None]
+
+
+def _share_weights(measured: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``W[g, m]``: latency at grid share ``g`` = Σ_m W[g, m] × latency at measured share ``m``,
+    the profile's interpolation in share (linear between measured shares, 1 / share below)."""
+    w = np.zeros((len(grid), len(measured)))
+    for g, s in enumerate(grid):
+        if s <= measured[0] or len(measured) == 1:
+            w[g, 0] = measured[0] / s
+            continue
+        j = min(int(np.searchsorted(measured, s)), len(measured) - 1)
+        t = (s - measured[j - 1]) / (measured[j] - measured[j - 1])
+        w[g, j - 1], w[g, j] = 1 - t, t
+    return w
+
+
+def _per_row_cost(profile: Profile) -> np.ndarray:
+    """Per piece: the least share-seconds one row costs at a measured batch and share."""
+    cost = profile.shares[None, :, None] * profile.latency_s / profile.batches[None, None, :]
+    return cost.min(axis=(1, 2))
+
+
+# Groups.
+
+@dataclass(frozen=True)
+class _Runs:
+    """The best sizing of each group ``a .. b-1`` for one ``a`` and ``b = a+1, a+2, ...``: its
+    cost (inf where nothing fits) and where on the (u, share) grid it was found."""
+
+    cost: np.ndarray
+    u: np.ndarray          # index into the u grid
+    share: np.ndarray      # index into the share grid
+    replicas: np.ndarray
+    latency: np.ndarray
+
+
+def _runs(t: _Tables, a: int, stop: int) -> _Runs:
+    """Size every group ``a .. b-1`` for ``b`` up to ``stop`` at once."""
+    cum = np.cumsum(t.rates[a:stop])
+    rows = cum[:, None] * t.u                                     # (groups, u): expected rows
+    members = np.arange(a, stop)
+    own = t.lookup(members, rows + 1)
+    before = np.concatenate((np.zeros_like(own[:1]), np.cumsum(own[:-1], axis=0)))
+    measured = before + t.lookup(members + t.n, rows + 1)         # (groups, u, measured shares)
+    budget = np.where(rows + 1 <= t.max_batch, np.minimum.accumulate(t.budgets[a:stop])[:, None], -1.0)
+    chunk = max(1, _CHUNK_CELLS // (len(t.u) * len(t.shares)))
+    parts = [_best_sizes(t, measured[i:i + chunk], budget[i:i + chunk])
+             for i in range(0, len(cum), chunk)]
+    return _Runs(*(np.concatenate(x) for x in zip(*parts)))
+
+
+def _best_sizes(t: _Tables, measured: np.ndarray, budget: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per group: the least cost over the (u, share) grid, where, its replicas and latency;
+    ``budget[group, u]`` is negative where the batch would outgrow the profile."""
+    latency = measured @ t.weights                                # (groups, u, shares)
+    u = t.u[:, None]
+    replicas = np.ceil(latency / u)                               # the least that keep up
+    cost = np.where(replicas * u + latency <= budget[..., None], replicas * t.shares, np.inf)
+    best = np.argmin(cost.reshape(len(cost), -1), axis=1)
+    i, (k, s) = np.arange(len(cost)), np.unravel_index(best, cost.shape[1:])
+    return cost[i, k, s], k, s, replicas[i, k, s].astype(int), latency[i, k, s]
+
+
+def _group(t: _Tables, a: int, b: int, runs: _Runs) -> Group:
+    """The `Group` of types ``a .. b-1`` as ``runs`` (from ``a``) sized it."""
+    i, u, s = b - a - 1, t.u[runs.u[b - a - 1]], runs.share[b - a - 1]
+    rows = np.cumsum(t.rates[a:b])[:, None] * u
+    members = np.arange(a, b)
+    blocks = np.append(members[:-1], members[-1] + t.n)
+    busy = float(t.lookup(blocks, rows).sum(axis=0)[0] @ t.weights[:, s])
+    replicas = int(runs.replicas[i])
+    return Group(tuple(int(f) for f in t.frags[a:b]), float(t.shares[s]), replicas,
+                 replicas * float(u), busy, float(runs.latency[i]), float(t.budgets[a:b].min()),
+                 float(rows[-1, 0]))
