@@ -1,0 +1,251 @@
+"""Measured latency profiles: time each piece of a model on the machine at hand.
+
+`measure` cuts a model into pieces (`graft_fx.serving.pieces`), and times every piece alone on
+random rows at every batch size, as eager PyTorch under ``torch.inference_mode``: ``warmup``
+untimed runs, then ``reps`` timed ones, of which the profile keeps the median (``latency_s``) and
+the 99th percentile (``p99_s``; with few repetitions, close to the slowest). On a GPU each run is
+timed with CUDA events around it, so a run that is launch-bound measures the host's time to issue
+its kernels, as a server would see it. With ``sms``, each piece is also timed on that many SMs
+through a green context (``torch.cuda.green_contexts``, PyTorch 2.10+, CUDA 12.8+; counts are
+rounded by the driver, to multiples of 8 on Hopper); a share that cannot be made is left out of
+the profile and its reason kept in ``meta["share_errors"]``. On a CPU runs are timed with
+``time.perf_counter`` and the only share is the whole machine (its threads as
+``torch.get_num_threads`` says).
+
+`document` writes several profiles into one JSON file in the format of
+`graft_fx.serving.profiles` (shares keyed by SM count, as the shipped H200 file is), which is what
+``benchmarks/profile_gpu.py`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import GraftError
+from .pieces import select
+from .profiles import Profile
+
+Progress = Any
+"""A callable taking the number of steps just done, or a tqdm-like object (with ``update(n)``)."""
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU as "CPU (model, N cores, T threads)"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = _cpu_model() or platform.processor()
+    parts = ([model] if model else []) + [f"{os.cpu_count()} cores", f"{torch.get_num_threads()} threads"]
+    return f"CPU ({', '.join(parts)})"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _times_cuda(fn: Callable[[], Any], reps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3)
+    return times
+
+
+def _times_cpu(fn: Callable[[], Any], reps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+class _SMs:
+    """Run a block on ``num_sms`` SMs (0: the whole device) through a green context."""
+
+    def __init__(self, num_sms: int, device: torch.device):
+        self.num_sms, self.device, self.ctx = num_sms, device, None
+
+    def __enter__(self):
+        if self.num_sms:
+            self.ctx = torch.cuda.green_contexts.GreenContext.create(
+                num_sms=self.num_sms, device_id=self.device.index or 0)
+            self.ctx.set_context()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.pop_context()
+        return False
+
+
+def _advance(progress: Progress | None, n: int) -> None:
+    if progress is None:
+        return
+    update = getattr(progress, "update", None)
+    (update or progress)(n)
+
+
+def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
+            batches: Sequence[int] = (1, 2, 4, 8, 16), device: str | torch.device = "cpu",
+            reps: int = 10, warmup: int = 3, sms: Sequence[int] | None = None,
+            progress: Progress | None = None) -> Profile:
+    """A measured `Profile` of ``model`` (``example``: an input with a batch dim 0, any size).
+
+    ``sms``: SM counts to time at on a GPU (0 or the device's count: the whole device; default:
+    the whole device only); not on a CPU. ``progress`` receives one step per timed (piece, share,
+    batch) cell: it is called with the number of steps done, or, if it has an ``update`` method
+    (a tqdm bar), that is called. If it has a ``total`` attribute, ``measure`` adds its own
+    number of steps to it once the pieces are known, so one bar can follow several models.
+
+    The model is left where it is: on another device the pieces run on a copy. ``meta`` holds
+    ``torch``, ``dtype``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
+    device's SMs and those of each share, 0 for the whole device; None on a CPU),
+    ``raw_latency_s`` (the medians before the profile made them monotone) and, where a share
+    could not be made, ``share_errors``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if reps < 1 or warmup < 0:
+        raise GraftError(f"reps={reps}, warmup={warmup}: expected reps >= 1 and warmup >= 0")
+    batches = sorted({int(b) for b in batches})
+    sel = select(model, example, pieces)
+    modules = sel.modules()
+    if any(t.device != device for m in modules for t in (*m.parameters(), *m.buffers())):
+        modules = [copy.deepcopy(m).to(device) for m in modules]
+    if device.type == "cuda":
+        total_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        counts = sorted({total_sms if s in (0, None) else int(s) for s in (sms or [0])})
+        if any(not 0 < s <= total_sms for s in counts):
+            raise GraftError(f"sms={list(sms or [])}: expected counts in 1..{total_sms} (or 0 for all)")
+        timed = _times_cuda
+    else:
+        if sms and any(s not in (0,) for s in sms):
+            raise GraftError(f"sms={list(sms)}: SM shares exist on CUDA devices only, not on {device}")
+        total_sms, counts, timed = None, [None], _times_cpu
+    if progress is not None and getattr(progress, "total", False) is not False:
+        progress.total = (progress.total or 0) + len(modules) * len(counts) * len(batches)
+        if hasattr(progress, "refresh"):
+            progress.refresh()
+
+    latency, p99, kept, errors = [], [], [], {}
+    for count in counts:
+        try:
+            cells = _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, progress)
+        except Exception as e:  # noqa: BLE001 - a share that cannot be made is data too
+            if count is None or count == total_sms:
+                raise
+            errors[str(count)] = f"{type(e).__name__}: {e}"
+            continue
+        kept.append(count)
+        latency.append(cells[0])
+        p99.append(cells[1])
+    if not kept:
+        raise GraftError(f"no share could be measured: {errors}")
+    shares = [1.0 if c is None else c / total_sms for c in kept]
+    meta = {"torch": torch.__version__, "dtype": str(sel.row_dtype(0)).replace("torch.", ""),
+            "timing": (f"median and p99 of {reps} after {warmup} warm-up, "
+                       + ("CUDA events" if device.type == "cuda" else
+                          f"perf_counter, {torch.get_num_threads()} threads")),
+            "sm_count": total_sms, "sm_counts": [0 if c == total_sms else c for c in kept]}
+    # latency[share][piece][batch] -> [piece, share, batch]
+    table = np.transpose(np.array(latency), (1, 0, 2))
+    tail = np.maximum(np.transpose(np.array(p99), (1, 0, 2)), table)
+    meta["raw_latency_s"] = table.tolist()  # as measured: a Profile makes its table monotone
+    if errors:
+        meta["share_errors"] = errors
+    profile = Profile(name, device_name(device), "measured", sel.pieces, np.array(shares), np.array(batches),
+                      table, None, meta)
+    # the p99 of a cell is at least its median, also where the profile's table was made monotone
+    return dataclasses.replace(profile, p99_s=np.maximum(tail, profile.latency_s))
+
+
+def _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, progress):
+    """``(median[piece][batch], p99[piece][batch])`` on ``count`` SMs (None: the whole device)."""
+    med, tail = [], []
+    share = _SMs(0 if count in (None, total_sms) else count, device)
+    with share, torch.inference_mode():
+        for i, module in enumerate(modules):
+            shape, dtype = sel.pieces[i].row_shape, sel.row_dtype(i)
+            row_m, row_t = [], []
+            for b in batches:
+                x = _rows(b, shape, dtype, device)
+                times = timed(lambda: module(x), reps, warmup)
+                row_m.append(statistics.median(times))
+                row_t.append(float(np.percentile(times, 99)))
+                _advance(progress, 1)
+            med.append(row_m)
+            tail.append(row_t)
+    return med, tail
+
+
+def _rows(batch: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(batch, *shape, dtype=dtype, device=device)
+    return torch.zeros(batch, *shape, dtype=dtype, device=device)
+
+
+def document(profiles: Sequence[Profile], **extra: Any) -> dict[str, Any]:
+    """Measured profiles of several models on one device as one JSON document in the format of
+    `graft_fx.serving.profiles` (``from_json`` reads it back). Profiles measured on a GPU by
+    `measure` are keyed by SM count ("0": the whole device) with ``sm_count`` set; others by share
+    fraction. ``extra`` entries go at the top level (e.g. ``input_side`` is per model: pass
+    ``models_extra={"resnet50": {"input_side": 224}}``)."""
+    if not profiles:
+        raise GraftError("document: no profiles")
+    first = profiles[0]
+    batches = [int(b) for b in first.batches]
+    if any(p.device != first.device or [int(b) for b in p.batches] != batches for p in profiles):
+        raise GraftError("document: the profiles must share one device and one list of batch sizes")
+    sm_count = first.meta.get("sm_count")
+    models_extra = extra.pop("models_extra", {})
+    errors: dict[str, str] = {}
+    models = {}
+    for p in profiles:
+        errors.update(p.meta.get("share_errors", {}))
+        if sm_count and p.meta.get("sm_count") == sm_count:
+            keys = [str(int(c)) for c in p.meta["sm_counts"]]
+        else:
+            keys = [repr(float(s)) for s in p.shares]
+        pieces = []
+        for i, piece in enumerate(p.pieces):
+            entry = {"from": piece.start, "to": piece.end, "flops_share": piece.flops_share,
+                     "activation_bytes": piece.activation_bytes, "row_shape": list(piece.row_shape)}
+            raw = p.meta.get("raw_latency_s")
+            median = p.latency_s if raw is None else np.asarray(raw)
+            for field, table in (("latency_ms", median), ("latency_p99_ms", p.p99_s)):
+                if table is not None:
+                    entry[field] = {k: {str(b): float(table[i, j, n]) * 1e3 for n, b in enumerate(batches)}
+                                    for j, k in enumerate(keys)}
+            pieces.append(entry)
+        models[p.model] = {**models_extra.get(p.model, {}), "pieces": pieces}
+    meta = first.meta
+    return {"device": first.device, "sm_count": sm_count, "source": first.source,
+            **{k: meta[k] for k in ("torch", "dtype", "timing") if k in meta},
+            "batches": batches, **extra, "models": models, "share_errors": errors}

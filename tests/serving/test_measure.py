@@ -1,0 +1,96 @@
+"""Measured profiles on the CPU: their shape, positive times, p99 over the median, progress
+reporting, and the JSON document (by share fraction, and by SM count as a GPU run writes it)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from graft_fx import GraftError
+from graft_fx.serving import profiles
+from graft_fx.serving.measure import device_name, document, measure
+from graft_fx.serving.profiles import Piece, Profile
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+
+
+EXAMPLE = torch.randn(1, 3, 6, 6)
+
+
+@pytest.fixture(scope="module")
+def measured() -> tuple[Profile, list[int]]:
+    steps = []
+    p = measure(net(), EXAMPLE, "tiny", pieces=3, batches=(4, 1, 2), reps=3, warmup=1, progress=steps.append)
+    return p, steps
+
+
+def test_a_measured_profile_has_one_cell_per_piece_share_and_batch(measured):
+    p, steps = measured
+    assert p.source == "measured" and p.model == "tiny"
+    assert p.device.startswith("CPU (") and "threads" in p.device
+    assert p.batches.tolist() == [1, 2, 4] and p.shares.tolist() == [1.0]
+    assert p.latency_s.shape == (len(p.pieces), 1, 3) and len(p.pieces) >= 3
+    assert np.all(p.latency_s > 0) and np.all(np.isfinite(p.latency_s))
+    assert p.p99_s is not None and np.all(p.p99_s >= p.latency_s)
+    assert sum(steps) == p.latency_s.size and set(steps) == {1}
+    assert {"torch", "dtype", "timing"} <= set(p.meta) and p.meta["dtype"] == "float32"
+    assert "perf_counter" in p.meta["timing"] and "median" in p.meta["timing"]
+
+
+def test_progress_can_be_a_tqdm_like_bar_whose_total_grows():
+    class Bar:
+        def __init__(self):
+            self.total, self.n = 0, 0
+
+        def update(self, n):
+            self.n += n
+
+    bar = Bar()
+    p = measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0, progress=bar)
+    assert bar.n == bar.total == len(p.pieces)
+
+
+def test_sm_shares_are_refused_on_a_cpu():
+    with pytest.raises(GraftError, match="CUDA"):
+        measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0, sms=[16])
+
+
+def test_the_model_stays_usable_and_where_it_was(measured):
+    model = net()
+    measure(model, EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0)
+    assert all(t.device.type == "cpu" for t in model.parameters())
+    assert model(EXAMPLE).shape == (1, 5)
+
+
+def test_the_document_reads_back_as_the_same_profile(measured):
+    p, _ = measured
+    doc = json.loads(json.dumps(document([p], models_extra={"tiny": {"input_side": 6}})))
+    assert doc["models"]["tiny"]["input_side"] == 6 and doc["sm_count"] is None
+    back = profiles.from_json(doc, "tiny")
+    assert back.pieces == p.pieces and back.device == p.device
+    np.testing.assert_allclose(back.latency_s, p.latency_s, rtol=1e-9)
+    np.testing.assert_allclose(back.p99_s, p.p99_s, rtol=1e-9)
+
+
+def test_a_gpu_document_is_keyed_by_sm_count_with_zero_for_the_whole_device():
+    pieces = (Piece("x", "a", 0.5, 12, (3,)), Piece("a", "output", 0.5, 8, (2,)))
+    latency = np.array([[[2.0, 3.0], [1.0, 1.5]], [[4.0, 6.0], [2.0, 3.0]]]) * 1e-3
+    p = Profile("toy", "NVIDIA H200", "measured", pieces, np.array([16 / 132, 1.0]), np.array([1, 2]),
+                latency, latency * 1.1, {"sm_count": 132, "sm_counts": [16, 0], "torch": "x",
+                                         "raw_latency_s": latency.tolist()})
+    doc = document([p])
+    assert doc["sm_count"] == 132 and set(doc["models"]["toy"]["pieces"][0]["latency_ms"]) == {"16", "0"}
+    assert doc["models"]["toy"]["pieces"][1]["latency_ms"]["16"]["2"] == pytest.approx(6.0)
+    back = profiles.from_json(doc, "toy")
+    np.testing.assert_allclose(back.shares, p.shares)
+    np.testing.assert_allclose(back.latency_s, p.latency_s)
+
+
+def test_device_names():
+    assert device_name("cpu").startswith("CPU (") and f"{torch.get_num_threads()} threads" in device_name("cpu")
