@@ -42,6 +42,7 @@ are final and judged on the profile; a caller whose executor finishes early stil
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -102,6 +103,10 @@ class BatchQueue:
         self.eager = eager
         self.stats = Stats()
         self._queue: list[Request] = []  # sorted: EDF order
+        self._members: set[Request] = set()  # the same requests, for membership
+        self._alone: list[tuple[float, Request]] = []  # heap of (latest start alone, request);
+        # entries of requests that left the queue stay until they reach the top
+        self._prefix: dict[int, float] = {}  # k -> latency of the first k queued requests
         self._now = -math.inf
         self._busy_until = -math.inf     # as of the last poll, or the batch that poll started
 
@@ -117,6 +122,9 @@ class BatchQueue:
         """Queue ``request``; the caller polls before ``now`` moves on."""
         self._advance(now)
         bisect.insort(self._queue, request)
+        self._prefix.clear()
+        self._members.add(request)
+        heapq.heappush(self._alone, (request.deadline_s - self.latency((request,)), request))
         self.stats.arrived += 1
 
     def poll(self, now: float, busy_until: float) -> Decision:
@@ -145,7 +153,9 @@ class BatchQueue:
         if not self._queue:
             return None
         start = max(now, self._busy_until)
-        if any(self._hopeless_at(r, start) for r in self._queue):
+        while self._alone[0][1] not in self._members:
+            heapq.heappop(self._alone)
+        if start > self._alone[0][0]:
             return now
         return self._dispatch_time(start)
 
@@ -154,24 +164,26 @@ class BatchQueue:
             raise GraftError(f"the clock went backwards: {now} after {self._now}")
         self._now = now
 
-    def _hopeless_at(self, request: Request, start: float) -> bool:
-        return start > request.deadline_s - self.latency((request,))
-
     def _drop(self, start: float, now: float) -> tuple[Drop, ...]:
-        """Drop the queued requests that cannot meet their deadline when started at ``start``.
+        """Drop the queued requests that cannot meet their deadline when started at ``start``:
+        those whose latest start alone is before it.
 
-        Latency alone differs between fragment types, so they need not be a prefix of EDF order.
+        Latency alone differs between fragment types, so they need not be a prefix of EDF order;
+        a heap on the latest start alone finds them without scanning the queue.
         """
-        hopeless = [self._hopeless_at(r, start) for r in self._queue]
-        if not any(hopeless):
+        drops = []
+        while self._alone and start > self._alone[0][0]:
+            latest, r = heapq.heappop(self._alone)
+            if r in self._members:
+                drops.append(Drop(r, now, HOPELESS if r.arrival_s > latest else EXPIRED))
+        if not drops:
             return ()
-        drops = tuple(Drop(r, now, self._reason(r)) for r, h in zip(self._queue, hopeless) if h)
-        self._queue = [r for r, h in zip(self._queue, hopeless) if not h]
+        gone = {d.request for d in drops}
+        self._members -= gone
+        self._queue = [r for r in self._queue if r not in gone]
+        self._prefix.clear()
         self.stats.drops.update(d.reason for d in drops)
-        return drops
-
-    def _reason(self, request: Request) -> str:
-        return HOPELESS if self._hopeless_at(request, request.arrival_s) else EXPIRED
+        return tuple(drops)
 
     def _candidate_size(self, start: float) -> int:
         """The longest EDF prefix that meets its head's deadline from ``start`` (head feasible).
@@ -183,7 +195,7 @@ class BatchQueue:
         lo, hi = 1, min(self.max_batch, len(self._queue))  # prefix lo fits; find the longest
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if start <= deadline - self.latency(self._queue[:mid]):
+            if start <= deadline - self._prefix_s(mid):
                 lo = mid
             else:
                 hi = mid - 1
@@ -196,11 +208,19 @@ class BatchQueue:
         can_grow = k == len(self._queue) and k < self.max_batch
         if self.eager or not can_grow:
             return start
-        return self._queue[0].deadline_s - self.latency(self._queue[:k])
+        return self._queue[0].deadline_s - self._prefix_s(k)
+
+    def _prefix_s(self, k: int) -> float:
+        """The latency of the first ``k`` queued requests, remembered until the queue changes."""
+        if k not in self._prefix:
+            self._prefix[k] = self.latency(self._queue[:k])
+        return self._prefix[k]
 
     def _dispatch(self) -> tuple[Request, ...]:
         batch = tuple(self._queue[:self._candidate_size(self._now)])
         del self._queue[:len(batch)]
+        self._prefix.clear()
+        self._members.difference_update(batch)
         self.stats.dispatched += len(batch)
         self.stats.batch_sizes[len(batch)] += 1
         return batch

@@ -1,0 +1,104 @@
+"""The ``graft`` command.
+
+    graft simulate [--model resnet50] [--trace lte-verizon-up] [--slo-ms ...] [--json PATH] [--plot PATH]
+
+``simulate`` sizes a deployment: phones of every device class on one network trace send requests
+for one model, each cutting it where a Neurosurgeon-style client would, and every serving policy
+(`graft_fx.serving.simulator`) serves the same request stream on the same latency profile. It
+prints, per policy, the least GPU share that answers 99% of the attainable requests on time, with
+SLO attainment, goodput, latency percentiles and drops.
+
+The profile is a GPU's by default, because that is where batching pays (on a CPU latency grows
+about linearly with batch size): the H200 profile measured for the benchmark models ships with
+the package; other models on a GPU preset get the roofline model (`--profile h200|a100|t4`),
+`--profile cpu` measures this machine, and a path loads a JSON profile. The output says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import GraftError
+
+DEFAULTS = {"model": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
+            "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except GraftError as e:
+        print(f"graft: error: {e}", file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    from .serving.simulator import POLICIES
+    from .serving.traces import bundled_names
+
+    p = argparse.ArgumentParser(prog="graft", description="DNN re-alignment for split inference.")
+    commands = p.add_subparsers(required=True, metavar="COMMAND")
+    s = commands.add_parser("simulate", help="replay a request stream through every serving policy",
+                            description=__doc__.split("\n\n")[2].replace("\n", " "))
+    s.set_defaults(run=simulate)
+    s.add_argument("--model", default=DEFAULTS["model"], help="torchvision model (default: %(default)s)")
+    s.add_argument("--trace", default=DEFAULTS["trace"],
+                   help=f"bundled trace ({', '.join(bundled_names())}) or a file (default: %(default)s)")
+    s.add_argument("--trace-format", default="auto",
+                   choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"])
+    s.add_argument("--slo-ms", type=float, default=DEFAULTS["slo_ms"],
+                   help="end-to-end latency SLO per inference (default: %(default)s)")
+    s.add_argument("--clients", type=int, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
+    s.add_argument("--rate", type=float, default=DEFAULTS["rate_per_s"],
+                   help="inferences per second per phone, Poisson (default: %(default)s)")
+    s.add_argument("--duration-s", type=float, default=DEFAULTS["duration_s"],
+                   help="seconds of sending to simulate (default: %(default)s)")
+    s.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: all)")
+    s.add_argument("--profile", default=DEFAULTS["profile"],
+                   help="a GPU preset (h200, a100, t4), cpu (measure this machine), or a JSON profile path "
+                        "(default: %(default)s: the shipped measured profile, else the roofline model)")
+    s.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    s.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    s.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
+    return p
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .serving import report, zoo
+    from .serving.resolve import profile_for, trace_for
+    from .serving.simulator import Scenario, simulate as run
+    from .serving.workload import DEVICES, make_clients, model_costs
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    trace = trace_for(args.trace, args.trace_format)
+    model, example = zoo.build(args.model)
+    with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
+              disable=args.profile != "cpu") as bar:
+        profile = profile_for(args.profile, args.model, model, example, progress=bar.update)
+    costs = model_costs(model, example)
+    clients = make_clients(args.clients, DEVICES.values(), [trace], args.rate, args.slo_ms / 1e3, seed=args.seed)
+    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed)
+    with tqdm(desc="simulating", total=len(policies), unit="policy", file=sys.stderr) as bar:
+        results = run(scenario, policies, progress=lambda name: bar.update())
+    config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
+              "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
+              "duration_s": args.duration_s, "policies": policies, "profile": profile.source,
+              "device": profile.device, "seed": args.seed}
+    print(report.table(config, results))
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(config, results), indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(config, results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Trace-driven simulation: one request stream, every serving policy, the least GPU each needs.
+
+A run starts from a `Scenario`: a model's latency `Profile`, its `ModelCosts`, the clients and how
+long they send. The clients choose their cuts among the profile's fragment types as a
+Neurosurgeon-style phone does (`workload.generate`, with the profile's whole-accelerator latency
+at batch 1 as the expected server time), and that one request stream is replayed through each
+policy on the same profile:
+
+- ``graft``: merge (one queue per group of types), group and re-align: the `planner` partitions
+  the types into realigned groups, each with its share, replicas and duty cycle. A group's batch
+  costs what its mix costs (`Profile.batch_s`).
+- ``per-fragment``: one instance per fragment type, each with its own fine-grained share and
+  dynamic batching (the GSLICE / Triton style): the same planner with re-alignment off.
+- ``full-model``: every client uploads its raw input (cut 0), so all requests batch uniformly;
+  its own request stream, since the uploads are different.
+- ``bound``: a fluid lower bound on the share of the ``graft`` stream: every row of every piece at
+  the best batch efficiency the profile knows (`planner.fluid_bound`). It is not simulated.
+
+Each instance (one replica of one group) is a `BatchQueue` with its own executor on its share,
+served by `run_offline`; a group's requests go to its replicas in turn, in arrival order.
+Instances on separate shares do not slow each other (SM partitions do; memory bandwidth is shared
+on a real GPU, which the profile's per-share measurements include only for one tenant at a time).
+Every batch takes exactly the profile's latency for its mix, so a request is answered on time or
+dropped; a request's end-to-end latency runs from the phone starting the inference to the answer.
+
+**The least share.** A plan is made for the stream's per-type rates scaled by a headroom factor
+``alpha`` and for each type's budget at a quantile ``q`` of its requests' budgets. The planner's
+latency rule is a worst case (a request that arrives just after a batch starts), while the EDF
+queue serves urgent requests first, so planning for the very tightest budgets (a small ``q``)
+buys far more share than the target needs. The planner needs no less share for more load or
+tighter budgets, so the total share grows with ``alpha`` and falls with ``q``. We start at
+``q = budget_quantile`` and ``alpha = 1``, double ``alpha`` until the simulation answers on time
+at least ``target`` of the *attainable* requests (those whose budget covers their fragment's
+latency alone on the whole accelerator: the network left the rest no time at all, every policy
+loses them alike, and ``slo_attainment`` counts them), and then bisect for the largest ``q`` (at
+most the median) that still does. The least share among the runs that reach the target is the
+policy's share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import GraftError
+from .batching import Latency, run_offline
+from .planner import Demand, Plan, fluid_bound, least_budget, plan
+from .profiles import Profile
+from .requests import Request
+from .workload import Client, ModelCosts, generate
+
+POLICIES = ("graft", "per-fragment", "full-model", "bound")
+MAX_QUANTILE = 0.5  # plans never aim at budgets above the median
+# Shares are planned in steps of 0.1% of an accelerator: finer than one GPU partitions (MPS takes
+# whole percentages, green contexts 8 SMs), standing for capacity across a fleet. Coarse steps
+# would charge every small instance a whole step, which costs one-instance-per-type policies most:
+# a fine step keeps the comparison about batching, not rounding.
+SHARE_STEP = 0.001
+Progress = Callable[[str], None]  # told the name of each simulation as it finishes
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one `simulate` call replays: ``clients`` sending for ``duration_s`` seconds to a
+    server whose latencies are ``profile``; ``costs`` are the model's cut points and FLOPs."""
+
+    profile: Profile
+    costs: ModelCosts
+    clients: tuple[Client, ...]
+    duration_s: float
+    seed: int = 0
+    target: float = 0.99
+    budget_quantile: float = 0.01
+    share_step: float = SHARE_STEP
+
+    def __post_init__(self):
+        if not 0 < self.target <= 1 or not 0 <= self.budget_quantile < 1:
+            raise GraftError(f"target {self.target} and budget_quantile {self.budget_quantile}: "
+                             f"expected 0 < target <= 1 and 0 <= budget_quantile < 1")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A request stream in the profile's terms: ``requests[i].fragment`` is a profile fragment
+    type, ``send_s[i]`` is when its phone started, ``attainable[i]`` whether its budget covers its
+    latency alone on the whole accelerator."""
+
+    requests: tuple[Request, ...]
+    send_s: np.ndarray
+    attainable: np.ndarray
+    duration_s: float
+
+    def rates(self) -> dict[int, float]:
+        """Fragment type -> requests per second."""
+        counts: dict[int, int] = {}
+        for r in self.requests:
+            counts[r.fragment] = counts.get(r.fragment, 0) + 1
+        return {f: n / self.duration_s for f, n in sorted(counts.items())}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One plan simulated: ``finish_s[i]`` is when request i was answered (NaN: dropped)."""
+
+    plan: Plan
+    finish_s: np.ndarray
+
+    @property
+    def total_share(self) -> float:
+        return self.plan.total_share
+
+    def on_time(self, stream: Stream) -> np.ndarray:
+        deadlines = np.array([r.deadline_s for r in stream.requests])
+        return ~np.isnan(self.finish_s) & (self.finish_s <= deadlines)
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy's figures; ``share`` is None when no searched share reached the target, and
+    the latency figures are None for ``bound`` (not simulated) or when nothing was answered."""
+
+    name: str
+    share: float | None
+    slo_attainment: float | None
+    goodput_rps: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    dropped: int | None
+    requests: int
+    latencies_ms: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    plan: Plan | None = field(repr=False, default=None)
+    searched: tuple[tuple[float, float], ...] = ()  # (total share, attainable fraction on time)
+
+    def to_json(self) -> dict:
+        keys = ("name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests")
+        return {k: getattr(self, k) for k in keys}
+
+
+def fragment_cuts(profile: Profile, costs: ModelCosts) -> list[int]:
+    """For each fragment type of ``profile``, the index of its cut in ``costs.cuts``."""
+    index = {cut.name: i for i, cut in enumerate(costs.cuts)}
+    missing = [name for name in profile.fragments if name not in index]
+    if missing:
+        raise GraftError(f"the profile's cuts {missing} are not cut points of the model "
+                         f"(it has {[c.name for c in costs.cuts]}): was the profile made for another model?")
+    return [index[name] for name in profile.fragments]
+
+
+def make_stream(scenario: Scenario, full_model: bool = False) -> Stream:
+    """The scenario's requests, each at the cut its phone chooses (``full_model``: the raw input)."""
+    profile, cuts = scenario.profile, fragment_cuts(scenario.profile, scenario.costs)
+    of_cut = {c: f for f, c in enumerate(cuts)}
+    alone = [profile.fragment_s(f, 1, 1.0) for f in range(len(cuts))]
+    workload = generate(scenario.clients, scenario.costs, scenario.duration_s, scenario.seed,
+                        server_estimate=lambda c: alone[of_cut[c]],
+                        fragments=cuts[:1] if full_model else cuts, local=False)
+    requests = tuple(Request(r.deadline_s, r.arrival_s, r.id, of_cut[r.fragment]) for r in workload.requests)
+    attainable = np.array([r.budget_s >= alone[r.fragment] for r in requests], dtype=bool)
+    send_s = np.array([o.send_s for o in workload.origins])
+    return Stream(requests, send_s, attainable, scenario.duration_s)
+
+
+def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.0) -> list[Demand]:
+    """Per fragment type: its rate times ``alpha``, and the ``quantile`` of the budgets of its
+    attainable requests, raised to the least budget the planner can plan for (types with no
+    attainable request are left out: no share can serve them)."""
+    budgets: dict[int, list[float]] = {}
+    for r, ok in zip(stream.requests, stream.attainable):
+        if ok:
+            budgets.setdefault(r.fragment, []).append(r.budget_s)
+    rates = stream.rates()
+    return [Demand(f, rates[f] * alpha, max(float(np.quantile(b, quantile)), least_budget(profile, f)))
+            for f, b in sorted(budgets.items())]
+
+
+def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> Latency:
+    """A realigned group's batch latency at ``share``: piece i runs on the rows of every request
+    cut at or before i (`Profile.batch_s`, specialised to plain lists for the simulator's loop)."""
+    first = min(fragments)
+    if len(fragments) == 1:  # every batch is uniform: its latency depends on its size alone
+        by_size = profile.table(share)[first:].sum(axis=0).tolist()
+        return lambda batch: by_size[len(batch)]
+    table = profile.table(share)[first:].tolist()
+    pieces = len(table)
+
+    def latency(batch: Sequence[Request]) -> float:
+        rows = [0] * pieces
+        for r in batch:
+            rows[r.fragment - first] += 1
+        total, n = 0.0, 0
+        for piece, k in zip(table, rows):
+            n += k
+            total += piece[n]
+        return total
+
+    return latency
+
+
+def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
+    """Serve ``stream`` with one instance per replica of each group of ``the_plan``."""
+    finish = np.full(len(stream.requests), np.nan)
+    routed: dict[int, list[Request]] = {}
+    for r in stream.requests:
+        if r.fragment in planned(the_plan):
+            routed.setdefault(the_plan.group_of(r.fragment), []).append(r)
+    for g, requests in routed.items():
+        group = the_plan.groups[g]
+        latency = group_latency(profile, group.fragments, group.share)
+        for replica in range(group.replicas):
+            outcome = run_offline(requests[replica::group.replicas], latency, profile.max_batch)
+            for request_id, t in outcome.completed_s().items():
+                finish[request_id] = t
+    return Run(the_plan, finish)
+
+
+def planned(the_plan: Plan) -> frozenset[int]:
+    return frozenset(f for g in the_plan.groups for f in g.fragments)
+
+
+def least_share(stream: Stream, profile: Profile, realign: bool, target: float, quantile: float,
+                share_step: float = SHARE_STEP, steps: int = 6) -> tuple[Run | None, list[Run]]:
+    """The run with the least total share that answers ``target`` of the attainable requests on
+    time, and every run tried (see the module docstring for the two knobs searched)."""
+    need = target * int(stream.attainable.sum())
+    runs: list[Run] = []
+    if need == 0:
+        return None, runs  # the network leaves no request any time: no share can help
+
+    def attempt(q: float, alpha: float) -> Run | None:
+        try:
+            the_plan = plan(profile, demands(stream, profile, q, alpha), realign, share_step)
+        except GraftError:
+            return None  # more load than the profile can plan for: treat as failing
+        run = run_plan(stream, profile, the_plan)
+        runs.append(run)
+        ok = int((run.on_time(stream) & stream.attainable).sum()) >= need
+        return run if ok else None
+
+    alpha, best = 1.0, attempt(quantile, 1.0)
+    while best is None and alpha < 2 ** steps:
+        alpha *= 2
+        best = attempt(quantile, alpha)
+    if best is None:
+        return None, runs
+    lo, hi = quantile, MAX_QUANTILE  # lo succeeds; find the largest budget quantile that does
+    top = attempt(hi, alpha)
+    if top is not None:
+        return top, runs
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        run = attempt(mid, alpha)
+        if run is None:
+            hi = mid
+        else:
+            lo, best = mid, min(best, run, key=lambda r: r.total_share)
+    return best, runs
+
+
+def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> PolicyResult:
+    """The figures of ``best`` (or, if none reached the target, of the run with the most share)."""
+    attainable = max(int(stream.attainable.sum()), 1)
+    searched = tuple(sorted((r.total_share, float((r.on_time(stream) & stream.attainable).sum() / attainable))
+                            for r in runs))
+    shown = best or max(runs, key=lambda r: r.total_share, default=None)
+    n = len(stream.requests)
+    if shown is None:
+        return PolicyResult(name, None, None, None, None, None, None, n, searched=searched)
+    on_time = shown.on_time(stream)
+    answered = ~np.isnan(shown.finish_s)
+    latencies_ms = (shown.finish_s[answered] - stream.send_s[answered]) * 1e3
+    p50, p99 = (float(np.percentile(latencies_ms, q)) for q in (50, 99)) if answered.any() else (None, None)
+    return PolicyResult(name, shown.total_share if best else None, float(on_time.mean()) if n else 1.0,
+                        float(on_time.sum() / stream.duration_s), p50, p99, int(n - answered.sum()), n,
+                        np.sort(latencies_ms), shown.plan, searched)
+
+
+def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
+             progress: Progress | None = None) -> list[PolicyResult]:
+    """Every policy in ``policies`` on the scenario's request stream; see the module docstring."""
+    policies = list(policies)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise GraftError(f"unknown policies {unknown}: expected some of {list(POLICIES)}")
+    stream = make_stream(scenario)
+    results = []
+    for name in policies:
+        if name == "bound":
+            results.append(PolicyResult("bound", fluid_bound(scenario.profile, stream.rates()),
+                                        None, None, None, None, None, len(stream.requests)))
+        else:
+            policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
+            best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
+                                     scenario.budget_quantile, scenario.share_step)
+            results.append(result(name, policy_stream, best, runs))
+        if progress:
+            progress(name)
+    return results

@@ -1,0 +1,117 @@
+"""The simulator: every request answered or dropped once, the search reaches its target, runs
+are deterministic, and a realigned group's batches cost what the profile says."""
+
+import math
+from functools import cache
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graft_fx import GraftError
+from graft_fx.serving import bundled, profiles, zoo
+from graft_fx.serving.planner import Group, Plan
+from graft_fx.serving.requests import Request
+from graft_fx.serving.simulator import (
+    Scenario, fragment_cuts, group_latency, least_share, make_stream, run_plan, simulate,
+)
+from graft_fx.serving.workload import DEVICES, make_clients, model_costs
+
+
+@cache
+def resnet50():
+    model, example = zoo.build("resnet50")
+    return profiles.load(profiles.shipped()["h200"], "resnet50"), model_costs(model, example)
+
+
+def scenario(clients=60, slo_s=2.0, duration_s=10.0, seed=0) -> Scenario:
+    profile, costs = resnet50()
+    phones = make_clients(clients, DEVICES.values(), [bundled("lte-verizon-up")], 2.0, slo_s, seed=seed)
+    return Scenario(profile, costs, tuple(phones), duration_s, seed)
+
+
+@cache
+def results():
+    return {r.name: r for r in simulate(scenario())}
+
+
+def test_every_policy_reports_every_figure_and_the_bound_is_lowest():
+    res = results()
+    assert list(res) == ["graft", "per-fragment", "full-model", "bound"]
+    for name in ("graft", "per-fragment", "full-model"):
+        r = res[name]
+        assert r.share is not None and r.share > 0, name
+        assert 0 < r.slo_attainment <= 1 and r.goodput_rps > 0
+        assert r.p50_ms <= r.p99_ms <= 2000  # answered requests all met the 2 s SLO
+        assert r.dropped + len(r.latencies_ms) == r.requests
+        assert r.plan is not None and math.isclose(r.plan.total_share, r.share)
+    assert res["bound"].share <= res["graft"].share
+    assert res["bound"].requests == res["graft"].requests == res["per-fragment"].requests
+    assert set(res["bound"].to_json()) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms",
+                                           "p99_ms", "dropped", "requests"}
+
+
+def test_full_model_sends_every_request_at_the_raw_input():
+    stream = make_stream(scenario(), full_model=True)
+    assert {r.fragment for r in stream.requests} == {0}
+    assert len({r.fragment for r in make_stream(scenario()).requests}) > 1
+
+
+def test_the_chosen_share_answers_the_target_of_attainable_requests_on_time():
+    sc = scenario()
+    stream = make_stream(sc)
+    best, runs = least_share(stream, sc.profile, True, 0.99, 0.01)
+    assert best in runs
+    on_time = best.on_time(stream) & stream.attainable
+    assert on_time.sum() >= 0.99 * stream.attainable.sum()
+    reached = [r for r in runs if (r.on_time(stream) & stream.attainable).sum() >= 0.99 * stream.attainable.sum()]
+    assert best.total_share == min(r.total_share for r in reached)
+
+
+def test_each_request_is_answered_on_time_or_dropped_exactly_once():
+    sc = scenario()
+    stream = make_stream(sc)
+    best, _ = least_share(stream, sc.profile, True, 0.99, 0.01)
+    answered = ~np.isnan(best.finish_s)
+    deadlines = np.array([r.deadline_s for r in stream.requests])
+    arrivals = np.array([r.arrival_s for r in stream.requests])
+    assert np.all(best.finish_s[answered] <= deadlines[answered])
+    assert np.all(best.finish_s[answered] > arrivals[answered])
+
+
+def test_the_same_seed_gives_the_same_figures_and_another_seed_other_requests():
+    again = {r.name: r.to_json() for r in simulate(scenario())}
+    assert again == {name: r.to_json() for name, r in results().items()}
+    other = make_stream(scenario(seed=1))
+    assert [r.arrival_s for r in other.requests] != [r.arrival_s for r in make_stream(scenario()).requests]
+
+
+def test_a_plan_that_serves_nothing_drops_everything_it_was_sent():
+    sc = scenario()
+    stream = make_stream(sc)
+    only = sorted({r.fragment for r in stream.requests})[-1]
+    the_plan = Plan((Group((only,), 1.0, 1, 0.01, 0.001, 0.001, 1.0, 1.0),))
+    run = run_plan(stream, sc.profile, the_plan)
+    served = np.array([r.fragment == only for r in stream.requests])
+    assert np.all(np.isnan(run.finish_s[~served]))
+    assert not np.all(np.isnan(run.finish_s[served]))
+
+
+@given(st.lists(st.integers(0, 10), min_size=1, max_size=64), st.sampled_from([0.1, 0.37, 1.0]))
+def test_group_latency_is_the_profiles_batch_latency(fragments, share):
+    profile, _ = resnet50()
+    batch = [Request(1.0, 0.0, i, f) for i, f in enumerate(fragments)]
+    members = sorted(set(fragments))
+    counts = {f: fragments.count(f) for f in members}
+    assert group_latency(profile, members, share)(batch) == pytest.approx(profile.batch_s(counts, share))
+
+
+def test_bad_scenarios_raise():
+    with pytest.raises(GraftError, match="unknown policies"):
+        simulate(scenario(), ["graft", "magic"])
+    with pytest.raises(GraftError, match="target"):
+        Scenario(*resnet50(), (), 1.0, target=1.5)
+    model, example = zoo.build("mobilenet_v2")
+    with pytest.raises(GraftError, match="another model"):
+        fragment_cuts(resnet50()[0], model_costs(model, example))

@@ -1,0 +1,62 @@
+"""The `graft` command: `graft simulate` end to end on a small load, its JSON, plot and errors."""
+
+import json
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from graft_fx.cli import main
+from graft_fx.serving import profiles
+
+SMALL = ["simulate", "--clients", "40", "--duration-s", "5", "--rate", "2"]
+
+
+def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main([*SMALL, "--json", str(out_json), "--plot", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    assert "profile: measured on NVIDIA H200" in printed
+    for policy in ("graft", "per-fragment", "full-model", "bound"):
+        assert policy in printed
+    doc = json.loads(out_json.read_text())
+    assert doc["config"]["model"] == "resnet50" and doc["config"]["trace"] == "lte-verizon-up"
+    assert [p["name"] for p in doc["policies"]] == ["graft", "per-fragment", "full-model", "bound"]
+    for p in doc["policies"]:
+        assert set(p) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms",
+                          "dropped", "requests"}
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_takes_a_profile_file_a_trace_file_and_chosen_policies(tmp_path, capsys):
+    profile = profiles.load(profiles.shipped()["h200"], "mobilenet_v2")
+    path = tmp_path / "mine.json"
+    profile.save(path)
+    trace = tmp_path / "trace.log"
+    trace.write_text("".join(f"{t} {2.0 + t % 3}\n" for t in range(60)))
+    out = tmp_path / "r.json"
+    argv = [*SMALL, "--model", "mobilenet_v2", "--profile", str(path), "--trace", str(trace),
+            "--trace-format", "pensieve", "--policies", "graft,bound", "--slo-ms", "800", "--json", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [p["name"] for p in doc["policies"]] == ["graft", "bound"]
+    assert "mine.json" in doc["config"]["profile"] and doc["config"]["slo_ms"] == 800
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trace", "no-such-trace"], "expected a bundled trace"),
+    (["--profile", "no-such-gpu"], "expected a JSON profile path, cpu, or a GPU preset"),
+    (["--model", "no_such_net"], "unknown model"),
+    (["--policies", "graft,magic"], "unknown policies"),
+])
+def test_bad_arguments_name_what_is_wrong(argv, message, capsys):
+    assert main([*SMALL, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_console_script_is_installed():
+    graft = Path(sysconfig.get_path("scripts")) / "graft"
+    assert graft.exists(), "no graft console script beside this Python: reinstall with pip install -e ."
+    out = subprocess.run([str(graft), "simulate", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--slo-ms" in out and "--trace-format" in out
