@@ -136,7 +136,7 @@ def main() -> None:
         doc = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "profile": "measured on NVIDIA H200 (shipped)", "args": {k: v for k, v in vars(args).items()},
                "rows": rows}
-        args.json.write_text(json.dumps(doc, indent=1))
+        args.json.write_text(json.dumps(doc, indent=1, default=str))
 
 
 if __name__ == "__main__":

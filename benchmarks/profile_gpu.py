@@ -22,24 +22,14 @@ import json
 import time
 
 import torch
-import torchvision
 
+from graft_fx.serving import zoo
 from graft_fx.serving.measure import document, measure
-
-MODELS = {"resnet50": 224, "vgg16": 224, "mobilenet_v2": 224, "inception_v3": 299, "vit_b_16": 224}
-
-
-def load_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A torchvision model with random weights, in eval mode, and an example input of one row."""
-    kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
-    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-    side = MODELS[name]
-    return model, torch.randn(1, 3, side, side)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default=",".join(zoo.BENCHMARK_MODELS))
     p.add_argument("--pieces", type=int, default=10, help="pieces per model (default: 10)")
     p.add_argument("--batches", default="1,2,4,8,16,32,64")
     p.add_argument("--sms", default="0,16,32,64,96", help="SM counts; 0 is the whole device")
@@ -54,11 +44,11 @@ def main() -> None:
     profiles, sides = [], {}
     for name in args.models.split(","):
         started = time.time()
-        model, example = load_model(name)
+        model, example = zoo.build(name)
         profiles.append(measure(model, example, name, pieces=args.pieces, batches=batches,
                                 device=args.device, reps=args.reps, warmup=args.warmup,
                                 sms=sms if on_gpu else None))
-        sides[name] = {"input_side": MODELS[name]}
+        sides[name] = {"input_side": example.shape[-1]}
         print(f"{name}: {len(profiles[-1].pieces)} pieces in {time.time() - started:.1f} s", flush=True)
         if on_gpu:
             torch.cuda.empty_cache()

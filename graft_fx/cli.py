@@ -80,7 +80,7 @@ def simulate(args: argparse.Namespace) -> int:
     model, example = zoo.build(args.model)
     with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
               disable=args.profile != "cpu") as bar:
-        profile = profile_for(args.profile, args.model, model, example, progress=bar.update)
+        profile = profile_for(args.profile, args.model, model, example, progress=bar)
     costs = model_costs(model, example)
     clients = make_clients(args.clients, DEVICES.values(), [trace], args.rate, args.slo_ms / 1e3, seed=args.seed)
     scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed)
@@ -88,7 +88,7 @@ def simulate(args: argparse.Namespace) -> int:
         results = run(scenario, policies, progress=lambda name: bar.update())
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
-              "duration_s": args.duration_s, "policies": policies, "profile": profile.source,
+              "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
               "device": profile.device, "seed": args.seed}
     print(report.table(config, results))
     if args.json:

@@ -17,7 +17,7 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     assert main([*SMALL, "--json", str(out_json), "--plot", str(out_png)]) == 0
     printed = capsys.readouterr().out
-    assert "profile: measured on NVIDIA H200" in printed
+    assert "profile: NVIDIA H200: measured, loaded from h200.json" in printed
     for policy in ("graft", "per-fragment", "full-model", "bound"):
         assert policy in printed
     doc = json.loads(out_json.read_text())

@@ -109,6 +109,11 @@ class Profile:
         object.__setattr__(self, "_grid", _extend(self.latency_s, batches))
 
     @property
+    def label(self) -> str:
+        """What the figures come from, for reports: the device, and how they were obtained."""
+        return f"{self.device}: {self.source}"
+
+    @property
     def max_batch(self) -> int:
         """The largest measured batch: batches beyond it are extrapolated."""
         return int(self.batches[-1])
@@ -283,7 +288,7 @@ def load(path: str | Path, model: str) -> Profile:
     except (OSError, json.JSONDecodeError) as e:
         raise GraftError(f"cannot read a latency profile from {path}: {e}") from None
     kind = doc.get("source", "measured")
-    return from_json(doc, model, f"{kind} on {doc.get('device', 'an unknown device')}, loaded from {path.name}")
+    return from_json(doc, model, f"{kind}, loaded from {path.name}")
 
 
 def shipped() -> dict[str, Path]:

@@ -33,7 +33,7 @@ def trace_for(spec: str, format: str = "auto") -> Trace:
 
 
 def profile_for(spec: str, name: str, model: torch.nn.Module, example: torch.Tensor,
-                progress: Callable[[int], object] | None = None) -> Profile:
+                progress: measure.Progress | None = None) -> Profile:
     """The latency profile ``spec`` names for model ``name`` (see the module docstring)."""
     if Path(spec).is_file():
         return profiles.load(spec, name)

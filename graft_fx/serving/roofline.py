@@ -135,23 +135,23 @@ mobilenet_v2) fix the bandwidth efficiency too loosely to carry over to another.
 
 ACCELERATORS: dict[str, Accelerator] = {
     "h200": Accelerator(
-        "h200", "NVIDIA H200 (modelled: roofline, H200 preset)", units=132,
+        "h200", "NVIDIA H200", units=132,
         conv_flops=494e12, matmul_flops=67e12, bandwidth=4.8e12,
         shares=(16, 32, 64, 96, 132)),
     "a100": Accelerator(
-        "a100", "NVIDIA A100-SXM4-80GB (modelled: roofline, A100 preset)", units=108,
+        "a100", "NVIDIA A100-SXM4-80GB", units=108,
         conv_flops=156e12, matmul_flops=19.5e12, bandwidth=2.04e12,
         shares=(16, 32, 64, 96, 108)),
     "a100-40gb": Accelerator(
-        "a100-40gb", "NVIDIA A100-SXM4-40GB (modelled: roofline, A100 40GB preset)", units=108,
+        "a100-40gb", "NVIDIA A100-SXM4-40GB", units=108,
         conv_flops=156e12, matmul_flops=19.5e12, bandwidth=1.555e12,
         shares=(16, 32, 64, 96, 108)),
     "t4": Accelerator(
-        "t4", "NVIDIA T4 (modelled: roofline, T4 preset)", units=40,
+        "t4", "NVIDIA T4", units=40,
         conv_flops=8.1e12, matmul_flops=8.1e12, bandwidth=320e9,
         conv_eff=0.64, shares=(8, 16, 24, 32, 40)),
     "cpu": Accelerator(
-        "cpu", "CPU, one x86-64 core with AVX2 (modelled: roofline, CPU form)", units=1,
+        "cpu", "CPU, one x86-64 core with AVX2", units=1,
         conv_flops=100e9, matmul_flops=100e9, bandwidth=20e9,
         conv_eff=0.5, matmul_eff=0.5, bw_eff=0.5, bw_scale=1.0,
         launch_s=5e-6, library_s=10e-6, kernel_s=1e-6, piece_s=20e-6, overlap=False, shares=(1,)),

@@ -26,15 +26,17 @@ dropped; a request's end-to-end latency runs from the phone starting the inferen
 **The least share.** A plan is made for the stream's per-type rates scaled by a headroom factor
 ``alpha`` and for each type's budget at a quantile ``q`` of its requests' budgets. The planner's
 latency rule is a worst case (a request that arrives just after a batch starts), while the EDF
-queue serves urgent requests first, so planning for the very tightest budgets (a small ``q``)
-buys far more share than the target needs. The planner needs no less share for more load or
-tighter budgets, so the total share grows with ``alpha`` and falls with ``q``. We start at
-``q = budget_quantile`` and ``alpha = 1``, double ``alpha`` until the simulation answers on time
-at least ``target`` of the *attainable* requests (those whose budget covers their fragment's
-latency alone on the whole accelerator: the network left the rest no time at all, every policy
-loses them alike, and ``slo_attainment`` counts them), and then bisect for the largest ``q`` (at
-most the median) that still does. The least share among the runs that reach the target is the
-policy's share.
+queue serves urgent requests first, so planning for the very tightest budgets buys more share
+than the target needs; and the planner sizes expected batches, so the queueing tail may need
+headroom. The planner needs no less share for more load, so the total share grows with
+``alpha``. For each ``q`` in ``quantiles`` (the 1st, 10th and 50th percentiles) we bracket the
+least ``alpha`` whose simulation answers on time at least ``target`` of the *attainable* requests
+(by halving or doubling from the previous ``q``'s, then bisecting geometrically); the least total
+share among those runs is the policy's share. Attainable requests are those whose budget covers
+their fragment's latency alone on the whole accelerator: the network left the rest no time at
+all, every policy loses them alike, and ``slo_attainment`` counts them.
+
+Shares are whole percentages of the accelerator (`SHARE_STEP`), as MPS partitions a GPU.
 """
 
 from __future__ import annotations
@@ -53,12 +55,11 @@ from .requests import Request
 from .workload import Client, ModelCosts, generate
 
 POLICIES = ("graft", "per-fragment", "full-model", "bound")
-MAX_QUANTILE = 0.5  # plans never aim at budgets above the median
-# Shares are planned in steps of 0.1% of an accelerator: finer than one GPU partitions (MPS takes
-# whole percentages, green contexts 8 SMs), standing for capacity across a fleet. Coarse steps
-# would charge every small instance a whole step, which costs one-instance-per-type policies most:
-# a fine step keeps the comparison about batching, not rounding.
-SHARE_STEP = 0.001
+QUANTILES = (0.01, 0.1, 0.5)  # budget quantiles the plans aim at, from the tightest to the median
+MAX_DOUBLINGS = 6  # headroom searched from 1/64 to 64 times the observed load
+# Shares are planned in whole percentages of an accelerator, as CUDA MPS partitions a GPU
+# (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; green contexts are coarser, 8 of 132 SMs on an H200).
+SHARE_STEP = 0.01
 Progress = Callable[[str], None]  # told the name of each simulation as it finishes
 
 
@@ -73,13 +74,13 @@ class Scenario:
     duration_s: float
     seed: int = 0
     target: float = 0.99
-    budget_quantile: float = 0.01
+    quantiles: tuple[float, ...] = QUANTILES
     share_step: float = SHARE_STEP
 
     def __post_init__(self):
-        if not 0 < self.target <= 1 or not 0 <= self.budget_quantile < 1:
-            raise GraftError(f"target {self.target} and budget_quantile {self.budget_quantile}: "
-                             f"expected 0 < target <= 1 and 0 <= budget_quantile < 1")
+        if not 0 < self.target <= 1 or not self.quantiles or not all(0 <= q < 1 for q in self.quantiles):
+            raise GraftError(f"target {self.target} and budget quantiles {self.quantiles}: "
+                             f"expected 0 < target <= 1 and some quantiles in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,12 @@ def planned(the_plan: Plan) -> frozenset[int]:
     return frozenset(f for g in the_plan.groups for f in g.fragments)
 
 
-def least_share(stream: Stream, profile: Profile, realign: bool, target: float, quantile: float,
-                share_step: float = SHARE_STEP, steps: int = 6) -> tuple[Run | None, list[Run]]:
+def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
+                quantiles: Sequence[float] = QUANTILES, share_step: float = SHARE_STEP,
+                steps: int = 3) -> tuple[Run | None, list[Run]]:
     """The run with the least total share that answers ``target`` of the attainable requests on
-    time, and every run tried (see the module docstring for the two knobs searched)."""
+    time, and every run tried: for each budget quantile, the least headroom that reaches the
+    target (see the module docstring)."""
     need = target * int(stream.attainable.sum())
     runs: list[Run] = []
     if need == 0:
@@ -236,27 +239,47 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float, 
             return None  # more load than the profile can plan for: treat as failing
         run = run_plan(stream, profile, the_plan)
         runs.append(run)
-        ok = int((run.on_time(stream) & stream.attainable).sum()) >= need
-        return run if ok else None
+        return run if int((run.on_time(stream) & stream.attainable).sum()) >= need else None
 
-    alpha, best = 1.0, attempt(quantile, 1.0)
-    while best is None and alpha < 2 ** steps:
-        alpha *= 2
-        best = attempt(quantile, alpha)
-    if best is None:
-        return None, runs
-    lo, hi = quantile, MAX_QUANTILE  # lo succeeds; find the largest budget quantile that does
-    top = attempt(hi, alpha)
-    if top is not None:
-        return top, runs
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        run = attempt(mid, alpha)
-        if run is None:
-            hi = mid
-        else:
-            lo, best = mid, min(best, run, key=lambda r: r.total_share)
+    best, alpha = None, 1.0
+    for q in quantiles:
+        run, alpha = least_alpha(lambda a: attempt(q, a), alpha, steps)
+        if run is not None and (best is None or run.total_share < best.total_share):
+            best = run
     return best, runs
+
+
+def least_alpha(attempt: Callable[[float], Run | None], alpha: float,
+                steps: int) -> tuple[Run | None, float]:
+    """The successful run of least headroom ``alpha``, and that alpha (or the starting one if
+    none succeeded): bracket by halving or doubling from ``alpha``, then bisect geometrically."""
+    run = attempt(alpha)
+    factor = 0.5 if run is not None else 2.0
+    ok, fail = (alpha, None) if run is not None else (None, alpha)
+    best = run
+    for _ in range(MAX_DOUBLINGS):
+        alpha *= factor
+        run = attempt(alpha)
+        if run is not None:
+            ok, best = alpha, run
+            if factor > 1:
+                break
+        else:
+            fail = alpha
+            if factor < 1:
+                break
+    if ok is None:
+        return None, fail
+    if fail is None:
+        return best, ok
+    for _ in range(steps):
+        mid = math.sqrt(ok * fail)
+        run = attempt(mid)
+        if run is not None:
+            ok, best = mid, run
+        else:
+            fail = mid
+    return best, ok
 
 
 def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> PolicyResult:
@@ -293,7 +316,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
-                                     scenario.budget_quantile, scenario.share_step)
+                                     scenario.quantiles, scenario.share_step)
             results.append(result(name, policy_stream, best, runs))
         if progress:
             progress(name)

@@ -14,7 +14,7 @@ from graft_fx.serving import bundled, profiles, zoo
 from graft_fx.serving.planner import Group, Plan
 from graft_fx.serving.requests import Request
 from graft_fx.serving.simulator import (
-    Scenario, fragment_cuts, group_latency, least_share, make_stream, run_plan, simulate,
+    Scenario, fragment_cuts, group_latency, least_alpha, least_share, make_stream, run_plan, simulate,
 )
 from graft_fx.serving.workload import DEVICES, make_clients, model_costs
 
@@ -61,7 +61,7 @@ def test_full_model_sends_every_request_at_the_raw_input():
 def test_the_chosen_share_answers_the_target_of_attainable_requests_on_time():
     sc = scenario()
     stream = make_stream(sc)
-    best, runs = least_share(stream, sc.profile, True, 0.99, 0.01)
+    best, runs = least_share(stream, sc.profile, True, 0.99)
     assert best in runs
     on_time = best.on_time(stream) & stream.attainable
     assert on_time.sum() >= 0.99 * stream.attainable.sum()
@@ -72,7 +72,7 @@ def test_the_chosen_share_answers_the_target_of_attainable_requests_on_time():
 def test_each_request_is_answered_on_time_or_dropped_exactly_once():
     sc = scenario()
     stream = make_stream(sc)
-    best, _ = least_share(stream, sc.profile, True, 0.99, 0.01)
+    best, _ = least_share(stream, sc.profile, True, 0.99)
     answered = ~np.isnan(best.finish_s)
     deadlines = np.array([r.deadline_s for r in stream.requests])
     arrivals = np.array([r.arrival_s for r in stream.requests])
@@ -115,3 +115,21 @@ def test_bad_scenarios_raise():
     model, example = zoo.build("mobilenet_v2")
     with pytest.raises(GraftError, match="another model"):
         fragment_cuts(resnet50()[0], model_costs(model, example))
+
+
+@pytest.mark.parametrize("start", [0.2, 1.0, 10.0])
+def test_the_headroom_search_brackets_and_bisects_to_the_threshold(start):
+    tried = []
+
+    def attempt(alpha):
+        tried.append(alpha)
+        return ("run", alpha) if alpha >= 3.0 else None
+
+    run, alpha = least_alpha(attempt, start, steps=4)
+    assert run == ("run", alpha) and 3.0 <= alpha <= 3.0 * 2 ** (1 / 16) + 1e-9
+    assert len(tried) <= 1 + 6 + 4
+
+
+def test_the_headroom_search_gives_up_when_nothing_succeeds():
+    run, alpha = least_alpha(lambda a: None, 1.0, steps=3)
+    assert run is None and alpha == 64.0
