@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from graft_fx.serving import bundled, profiles, zoo
+from graft_fx.serving.measure import device_name
 from graft_fx.serving.simulator import Scenario, simulate
 from graft_fx.serving.workload import DEVICES, generate, make_clients, model_costs
 
@@ -133,7 +132,7 @@ def main() -> None:
     print(markdown(rows) if args.markdown else json.dumps(rows, indent=1))
     print(summary(rows))
     if args.json:
-        doc = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        doc = {"machine": device_name("cpu"),
                "profile": "measured on NVIDIA H200 (shipped)", "args": {k: v for k, v in vars(args).items()},
                "rows": rows}
         args.json.write_text(json.dumps(doc, indent=1, default=str))

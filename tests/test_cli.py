@@ -25,7 +25,7 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     assert [p["name"] for p in doc["policies"]] == ["graft", "per-fragment", "full-model", "bound"]
     for p in doc["policies"]:
         assert set(p) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms",
-                          "dropped", "requests"}
+                          "dropped", "requests", "attainable"}
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

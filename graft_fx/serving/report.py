@@ -1,8 +1,9 @@
 """What `graft simulate` shows: a table of the policies, their JSON, and a plot.
 
 The share column is in GPUs (1.00 is one whole accelerator); each row's figures are those of the
-least share that met the target, and ``-`` marks what a policy does not have (the fluid bound is
-not simulated; a policy that never met the target has no share).
+least share that met the target (99% of the *attainable* requests on time: those the network
+left enough budget to be served at all), and ``-`` marks what a policy does not have (the fluid
+bound is not simulated; a policy that never met the target has no share).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from .simulator import POLICIES, PolicyResult
 
 COLUMNS = ("policy", "share (GPUs)", "vs graft", "SLO attained", "goodput/s", "p50 ms", "p99 ms",
-           "dropped", "requests")
+           "dropped", "attainable", "requests")
 
 
 def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult]) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
     ratio = "-" if graft is None or r.share is None else f"{r.share / graft:.2f}x"
     return (r.name, num(r.share, ".3f"), ratio, num(r.slo_attainment and r.slo_attainment * 100, ".2f") +
             ("%" if r.slo_attainment is not None else ""), num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"),
-            num(r.p99_ms, ".0f"), num(r.dropped, "d"), str(r.requests))
+            num(r.p99_ms, ".0f"), num(r.dropped, "d"), str(r.attainable), str(r.requests))
 
 
 def plot(config: Mapping[str, Any], results: Sequence[PolicyResult], path: str | Path) -> None:

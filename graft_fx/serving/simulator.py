@@ -13,8 +13,9 @@ policy on the same profile:
   dynamic batching (the GSLICE / Triton style): the same planner with re-alignment off.
 - ``full-model``: every client uploads its raw input (cut 0), so all requests batch uniformly;
   its own request stream, since the uploads are different.
-- ``bound``: a fluid lower bound on the share of the ``graft`` stream: every row of every piece at
-  the best batch efficiency the profile knows (`planner.fluid_bound`). It is not simulated.
+- ``bound``: a fluid lower bound on the share of the ``graft`` stream: every row of every piece of
+  every attainable request at the best batch efficiency the profile knows (`planner.fluid_bound`).
+  It is not simulated. Since every plan keeps up with its load, no policy's share is below it.
 
 Each instance (one replica of one group) is a `BatchQueue` with its own executor on its share,
 served by `run_offline`; a group's requests go to its replicas in turn, in arrival order.
@@ -29,10 +30,10 @@ latency rule is a worst case (a request that arrives just after a batch starts),
 queue serves urgent requests first, so planning for the very tightest budgets buys more share
 than the target needs; and the planner sizes expected batches, so the queueing tail may need
 headroom. The planner needs no less share for more load, so the total share grows with
-``alpha``. For each ``q`` in ``quantiles`` (the 1st, 10th and 50th percentiles) we bracket the
-least ``alpha`` whose simulation answers on time at least ``target`` of the *attainable* requests
-(by halving or doubling from the previous ``q``'s, then bisecting geometrically); the least total
-share among those runs is the policy's share. Attainable requests are those whose budget covers
+``alpha``. For each ``q`` in ``quantiles`` (the 1st, 10th and 50th percentiles) we find the least
+``alpha >= 1`` whose simulation answers on time at least ``target`` of the *attainable* requests
+(doubling from 1, then bisecting geometrically); the least total share among those runs is the
+policy's share. ``alpha`` never goes below 1: every plan keeps up with the load it observed. Attainable requests are those whose budget covers
 their fragment's latency alone on the whole accelerator: the network left the rest no time at
 all, every policy loses them alike, and ``slo_attainment`` counts them.
 
@@ -56,7 +57,7 @@ from .workload import Client, ModelCosts, generate
 
 POLICIES = ("graft", "per-fragment", "full-model", "bound")
 QUANTILES = (0.01, 0.1, 0.5)  # budget quantiles the plans aim at, from the tightest to the median
-MAX_DOUBLINGS = 6  # headroom searched from 1/64 to 64 times the observed load
+MAX_DOUBLINGS = 6  # headroom searched from 1 to 64 times the observed load
 # Shares are planned in whole percentages of an accelerator, as CUDA MPS partitions a GPU
 # (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; green contexts are coarser, 8 of 132 SMs on an H200).
 SHARE_STEP = 0.01
@@ -94,11 +95,12 @@ class Stream:
     attainable: np.ndarray
     duration_s: float
 
-    def rates(self) -> dict[int, float]:
-        """Fragment type -> requests per second."""
+    def rates(self, attainable_only: bool = False) -> dict[int, float]:
+        """Fragment type -> requests per second (of the attainable ones only, if asked)."""
         counts: dict[int, int] = {}
-        for r in self.requests:
-            counts[r.fragment] = counts.get(r.fragment, 0) + 1
+        for r, ok in zip(self.requests, self.attainable):
+            if ok or not attainable_only:
+                counts[r.fragment] = counts.get(r.fragment, 0) + 1
         return {f: n / self.duration_s for f, n in sorted(counts.items())}
 
 
@@ -131,12 +133,14 @@ class PolicyResult:
     p99_ms: float | None
     dropped: int | None
     requests: int
+    attainable: int  # requests whose budget covers their fragment alone on a whole accelerator
     latencies_ms: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     plan: Plan | None = field(repr=False, default=None)
     searched: tuple[tuple[float, float], ...] = ()  # (total share, attainable fraction on time)
 
     def to_json(self) -> dict:
-        keys = ("name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests")
+        keys = ("name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests",
+                "attainable")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -241,63 +245,55 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
         runs.append(run)
         return run if int((run.on_time(stream) & stream.attainable).sum()) >= need else None
 
-    best, alpha = None, 1.0
+    best = None
     for q in quantiles:
-        run, alpha = least_alpha(lambda a: attempt(q, a), alpha, steps)
+        run, _ = least_alpha(lambda a: attempt(q, a), steps)
         if run is not None and (best is None or run.total_share < best.total_share):
             best = run
     return best, runs
 
 
-def least_alpha(attempt: Callable[[float], Run | None], alpha: float,
-                steps: int) -> tuple[Run | None, float]:
-    """The successful run of least headroom ``alpha``, and that alpha (or the starting one if
-    none succeeded): bracket by halving or doubling from ``alpha``, then bisect geometrically."""
-    run = attempt(alpha)
-    factor = 0.5 if run is not None else 2.0
-    ok, fail = (alpha, None) if run is not None else (None, alpha)
-    best = run
-    for _ in range(MAX_DOUBLINGS):
-        alpha *= factor
-        run = attempt(alpha)
-        if run is not None:
-            ok, best = alpha, run
-            if factor > 1:
-                break
-        else:
-            fail = alpha
-            if factor < 1:
-                break
-    if ok is None:
-        return None, fail
-    if fail is None:
-        return best, ok
+def least_alpha(attempt: Callable[[float], Run | None], steps: int) -> tuple[Run | None, float]:
+    """The successful run of least headroom ``alpha >= 1``, and that alpha (or the last one
+    tried if none succeeded): double from 1 until a run succeeds, then bisect geometrically.
+
+    Plans never provision for less than the observed load: in a finite run, a server that falls
+    behind can still answer on time while its budgets absorb the backlog, which would let the
+    search undercut a rate the server could never sustain.
+    """
+    alpha, fail = 1.0, None
+    best = attempt(alpha)
+    while best is None and alpha < 2 ** MAX_DOUBLINGS:
+        fail, alpha = alpha, alpha * 2
+        best = attempt(alpha)
+    if best is None or fail is None:
+        return best, alpha
     for _ in range(steps):
-        mid = math.sqrt(ok * fail)
+        mid = math.sqrt(alpha * fail)
         run = attempt(mid)
         if run is not None:
-            ok, best = mid, run
+            alpha, best = mid, run
         else:
             fail = mid
-    return best, ok
+    return best, alpha
 
 
 def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> PolicyResult:
     """The figures of ``best`` (or, if none reached the target, of the run with the most share)."""
-    attainable = max(int(stream.attainable.sum()), 1)
-    searched = tuple(sorted((r.total_share, float((r.on_time(stream) & stream.attainable).sum() / attainable))
+    attainable = int(stream.attainable.sum())
+    searched = tuple(sorted((r.total_share, float((r.on_time(stream) & stream.attainable).sum() / max(attainable, 1)))
                             for r in runs))
     shown = best or max(runs, key=lambda r: r.total_share, default=None)
     n = len(stream.requests)
     if shown is None:
-        return PolicyResult(name, None, None, None, None, None, None, n, searched=searched)
+        return PolicyResult(name, None, None, None, None, None, None, n, attainable, searched=searched)
     on_time = shown.on_time(stream)
     answered = ~np.isnan(shown.finish_s)
     latencies_ms = (shown.finish_s[answered] - stream.send_s[answered]) * 1e3
     p50, p99 = (float(np.percentile(latencies_ms, q)) for q in (50, 99)) if answered.any() else (None, None)
     return PolicyResult(name, shown.total_share if best else None, float(on_time.mean()) if n else 1.0,
                         float(on_time.sum() / stream.duration_s), p50, p99, int(n - answered.sum()), n,
-                        np.sort(latencies_ms), shown.plan, searched)
+                        attainable, np.sort(latencies_ms), shown.plan, searched)
 
 
 def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
@@ -311,8 +307,9 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
     results = []
     for name in policies:
         if name == "bound":
-            results.append(PolicyResult("bound", fluid_bound(scenario.profile, stream.rates()),
-                                        None, None, None, None, None, len(stream.requests)))
+            results.append(PolicyResult("bound", fluid_bound(scenario.profile, stream.rates(attainable_only=True)),
+                                        None, None, None, None, None, len(stream.requests),
+                                        int(stream.attainable.sum())))
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
