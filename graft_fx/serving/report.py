@@ -48,8 +48,8 @@ def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
         return "-" if value is None else format(value, fmt)
 
     ratio = "-" if graft is None or r.share is None else f"{r.share / graft:.2f}x"
-    return (r.name, num(r.share, ".3f"), ratio, num(r.slo_attainment and r.slo_attainment * 100, ".2f") +
-            ("%" if r.slo_attainment is not None else ""), num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"),
+    attained = "-" if r.slo_attainment is None else f"{r.slo_attainment:.2%}"
+    return (r.name, num(r.share, ".3f"), ratio, attained, num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"),
             num(r.p99_ms, ".0f"), num(r.dropped, "d"), str(r.attainable), str(r.requests))
 
 

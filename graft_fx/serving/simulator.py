@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -95,6 +96,10 @@ class Stream:
     attainable: np.ndarray
     duration_s: float
 
+    @cached_property
+    def deadline_s(self) -> np.ndarray:
+        return np.array([r.deadline_s for r in self.requests])
+
     def rates(self, attainable_only: bool = False) -> dict[int, float]:
         """Fragment type -> requests per second (of the attainable ones only, if asked)."""
         counts: dict[int, int] = {}
@@ -116,8 +121,7 @@ class Run:
         return self.plan.total_share
 
     def on_time(self, stream: Stream) -> np.ndarray:
-        deadlines = np.array([r.deadline_s for r in stream.requests])
-        return ~np.isnan(self.finish_s) & (self.finish_s <= deadlines)
+        return ~np.isnan(self.finish_s) & (self.finish_s <= stream.deadline_s)
 
 
 @dataclass(frozen=True)
@@ -207,10 +211,11 @@ def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> L
 def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
     """Serve ``stream`` with one instance per replica of each group of ``the_plan``."""
     finish = np.full(len(stream.requests), np.nan)
+    group_of = {f: g for g, group in enumerate(the_plan.groups) for f in group.fragments}
     routed: dict[int, list[Request]] = {}
     for r in stream.requests:
-        if r.fragment in planned(the_plan):
-            routed.setdefault(the_plan.group_of(r.fragment), []).append(r)
+        if r.fragment in group_of:  # a type without a plan has no instance: its requests drop
+            routed.setdefault(group_of[r.fragment], []).append(r)
     for g, requests in routed.items():
         group = the_plan.groups[g]
         latency = group_latency(profile, group.fragments, group.share)
@@ -219,10 +224,6 @@ def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
             for request_id, t in outcome.completed_s().items():
                 finish[request_id] = t
     return Run(the_plan, finish)
-
-
-def planned(the_plan: Plan) -> frozenset[int]:
-    return frozenset(f for g in the_plan.groups for f in g.fragments)
 
 
 def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
