@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default=DEFAULTS["profile"],
                    help="a GPU preset (h200, a100, t4), cpu (measure this machine), or a JSON profile path "
                         "(default: %(default)s: the shipped measured profile, else the roofline model)")
+    s.add_argument("--replan-s", type=float, metavar="SECONDS",
+                   help="re-plan every so many seconds on the rates of the window before, instead of "
+                        "planning once for the whole run; shares are then averaged over time")
     s.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     s.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     s.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
@@ -83,13 +86,13 @@ def simulate(args: argparse.Namespace) -> int:
         profile = profile_for(args.profile, args.model, model, example, progress=bar)
     costs = model_costs(model, example)
     clients = make_clients(args.clients, DEVICES.values(), [trace], args.rate, args.slo_ms / 1e3, seed=args.seed)
-    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed)
+    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed, replan_s=args.replan_s)
     with tqdm(desc="simulating", total=len(policies), unit="policy", file=sys.stderr) as bar:
         results = run(scenario, policies, progress=lambda name: bar.update())
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
               "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "seed": args.seed}
+              "device": profile.device, "seed": args.seed, "replan_s": args.replan_s}
     print(report.table(config, results))
     if args.json:
         args.json.write_text(json.dumps(report.to_json(config, results), indent=1))

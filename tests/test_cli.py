@@ -37,11 +37,13 @@ def test_simulate_takes_a_profile_file_a_trace_file_and_chosen_policies(tmp_path
     trace.write_text("".join(f"{t} {2.0 + t % 3}\n" for t in range(60)))
     out = tmp_path / "r.json"
     argv = [*SMALL, "--model", "mobilenet_v2", "--profile", str(path), "--trace", str(trace),
-            "--trace-format", "pensieve", "--policies", "graft,bound", "--slo-ms", "800", "--json", str(out)]
+            "--trace-format", "pensieve", "--policies", "graft,bound", "--slo-ms", "800", "--replan-s", "2",
+            "--json", str(out)]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert [p["name"] for p in doc["policies"]] == ["graft", "bound"]
     assert "mine.json" in doc["config"]["profile"] and doc["config"]["slo_ms"] == 800
+    assert doc["config"]["replan_s"] == 2
 
 
 @pytest.mark.parametrize("argv, message", [

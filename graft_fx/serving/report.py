@@ -38,7 +38,9 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult]) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = (f"{config['model']} on {config['trace']}, SLO {config['slo_ms']:g} ms, {config['clients']} phones "
-            f"at {config['rate_per_s']:g}/s for {config['duration_s']:g} s (seed {config['seed']})\n"
+            f"at {config['rate_per_s']:g}/s for {config['duration_s']:g} s (seed {config['seed']})"
+            + (f", re-planned every {config['replan_s']:g} s (shares averaged over time)"
+               if config.get("replan_s") else "") + "\n"
             f"profile: {config['profile']}\n")
     return head + "\n".join(lines)
 

@@ -19,6 +19,11 @@ policy on the same profile:
 
 Each instance (one replica of one group) is a `BatchQueue` with its own executor on its share,
 served by `run_offline`; a group's requests go to its replicas in turn, in arrival order.
+
+**Re-planning** (``replan_s``): instead of one plan for the whole run, a `Replanner` looks at the
+rates of each window of ``replan_s`` seconds and re-plans for the next window when they drifted
+(`epochs_for`); each request is served by the plan in force when it arrives, an instance drains
+its own queue when its plan is replaced, and a policy's share is the time average of its plans'.
 Instances on separate shares do not slow each other (SM partitions do; memory bandwidth is shared
 on a real GPU, which the profile's per-share measurements include only for one tenant at a time).
 Every batch takes exactly the profile's latency for its mix, so a request is answered on time or
@@ -42,6 +47,7 @@ Shares are whole percentages of the accelerator (`SHARE_STEP`), as MPS partition
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +57,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .batching import Latency, run_offline
-from .planner import Demand, Plan, fluid_bound, least_budget, plan
+from .planner import Demand, Plan, Replanner, fluid_bound, least_budget, plan
 from .profiles import Profile
 from .requests import Request
 from .workload import Client, ModelCosts, generate
@@ -78,11 +84,14 @@ class Scenario:
     target: float = 0.99
     quantiles: tuple[float, ...] = QUANTILES
     share_step: float = SHARE_STEP
+    replan_s: float | None = None  # re-plan every so many seconds on the rates just seen
 
     def __post_init__(self):
         if not 0 < self.target <= 1 or not self.quantiles or not all(0 <= q < 1 for q in self.quantiles):
             raise GraftError(f"target {self.target} and budget quantiles {self.quantiles}: "
                              f"expected 0 < target <= 1 and some quantiles in [0, 1)")
+        if self.replan_s is not None and not self.replan_s > 0:
+            raise GraftError(f"replan_s {self.replan_s}: expected a positive number of seconds, or None")
 
 
 @dataclass(frozen=True)
@@ -110,15 +119,36 @@ class Stream:
 
 
 @dataclass(frozen=True)
-class Run:
-    """One plan simulated: ``finish_s[i]`` is when request i was answered (NaN: dropped)."""
+class Epoch:
+    """``plan`` serves the requests that arrive from ``start_s`` until the next epoch starts."""
 
+    start_s: float
     plan: Plan
+
+
+@dataclass(frozen=True)
+class Run:
+    """Plans simulated: ``finish_s[i]`` is when request i was answered (NaN: dropped); the
+    epochs cover ``[epochs[0].start_s, end_s)``."""
+
+    epochs: tuple[Epoch, ...]
     finish_s: np.ndarray
+    end_s: float
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in force longest."""
+        spans = np.diff([e.start_s for e in self.epochs] + [self.end_s])
+        return self.epochs[int(np.argmax(spans))].plan
 
     @property
     def total_share(self) -> float:
-        return self.plan.total_share
+        """The epochs' total shares, averaged over time (a single plan's total share)."""
+        if len(self.epochs) == 1:
+            return self.epochs[0].plan.total_share
+        spans = np.diff([e.start_s for e in self.epochs] + [self.end_s])
+        shares = [e.plan.total_share for e in self.epochs]
+        return float(np.dot(spans, shares) / spans.sum())
 
     def on_time(self, stream: Stream) -> np.ndarray:
         return ~np.isnan(self.finish_s) & (self.finish_s <= stream.deadline_s)
@@ -208,27 +238,84 @@ def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> L
     return latency
 
 
-def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
+def run_plan(stream: Stream, profile: Profile, the_plan: Plan, realign: bool = True) -> Run:
     """Serve ``stream`` with one instance per replica of each group of ``the_plan``."""
+    return run_epochs(stream, profile, [Epoch(0.0, the_plan)], realign)
+
+
+def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch], realign: bool = True) -> Run:
+    """Serve each request on the plan in force when it arrives: one instance per replica of each
+    group of each epoch (an instance drains its own queue when its epoch ends)."""
     finish = np.full(len(stream.requests), np.nan)
-    group_of = {f: g for g, group in enumerate(the_plan.groups) for f in group.fragments}
-    routed: dict[int, list[Request]] = {}
+    starts = [e.start_s for e in epochs]
+    routes = [router(e.plan, realign) for e in epochs]
+    routed: dict[tuple[int, int], list[Request]] = {}
     for r in stream.requests:
-        if r.fragment in group_of:  # a type without a plan has no instance: its requests drop
-            routed.setdefault(group_of[r.fragment], []).append(r)
-    for g, requests in routed.items():
-        group = the_plan.groups[g]
+        k = max(bisect.bisect_right(starts, r.arrival_s) - 1, 0)
+        g = routes[k](r.fragment)
+        if g is not None:  # a type no group can run has no instance: its requests drop
+            routed.setdefault((k, g), []).append(r)
+    for (k, g), requests in routed.items():
+        group = epochs[k].plan.groups[g]
         latency = group_latency(profile, group.fragments, group.share)
         for replica in range(group.replicas):
             outcome = run_offline(requests[replica::group.replicas], latency, profile.max_batch)
             for request_id, t in outcome.completed_s().items():
                 finish[request_id] = t
-    return Run(the_plan, finish)
+    end = max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
+    return Run(tuple(epochs), finish, end)
+
+
+def router(the_plan: Plan, realign: bool) -> Callable[[int], int | None]:
+    """Fragment type -> the group that serves it (None: no group can).
+
+    A type in the plan goes to its group. Under re-alignment, a type the plan was not made for
+    (it sent nothing when the plan was made) goes to the group with the deepest shallowest member
+    at or before its cut: that group's realigned module runs every piece from there on, so the
+    type's rows simply join at their cut. One instance per type has no such group.
+    """
+    exact = {f: g for g, group in enumerate(the_plan.groups) for f in group.fragments}
+    firsts = sorted((group.fragments[0], g) for g, group in enumerate(the_plan.groups))
+
+    def route(fragment: int) -> int | None:
+        if fragment in exact or not realign:
+            return exact.get(fragment)
+        i = bisect.bisect_right(firsts, (fragment, math.inf)) - 1
+        return firsts[i][1] if i >= 0 else None
+
+    return route
+
+
+def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, realign: bool,
+               share_step: float, replan_s: float | None) -> list[Epoch]:
+    """The plans for one (budget quantile, headroom): one for the whole stream, or, every
+    ``replan_s`` seconds, what a `Replanner` makes of the rates that arrived in the window
+    before (the first window plans on its own rates, as a server would from yesterday's).
+
+    Every type the stream has budgets for stays in every plan, at one request per window at
+    least: an instance is not torn down because its type was quiet for one window, under either
+    policy.
+    """
+    if replan_s is None:
+        return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha), realign, share_step))]
+    budgets = {d.fragment: d.budget_s for d in demands(stream, profile, quantile)}
+    replanner = Replanner(profile, budgets, realign=realign, share_step=share_step)
+    arrivals = np.array([r.arrival_s for r in stream.requests])
+    fragments = np.array([r.fragment for r in stream.requests])
+    windows = max(1, math.ceil(max(arrivals.max(initial=0.0), stream.duration_s) / replan_s))
+    epochs: list[Epoch] = []
+    for w in range(windows):
+        seen = max(w - 1, 0) * replan_s
+        window = fragments[(arrivals >= seen) & (arrivals < seen + replan_s)]
+        rates = {f: max(int(np.sum(window == f)), 1) / replan_s * alpha for f in budgets}
+        if replanner.observe(rates) is not None or not epochs:
+            epochs.append(Epoch(w * replan_s, replanner.plan))
+    return epochs
 
 
 def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
                 quantiles: Sequence[float] = QUANTILES, share_step: float = SHARE_STEP,
-                steps: int = 3) -> tuple[Run | None, list[Run]]:
+                replan_s: float | None = None, steps: int = 3) -> tuple[Run | None, list[Run]]:
     """The run with the least total share that answers ``target`` of the attainable requests on
     time, and every run tried: for each budget quantile, the least headroom that reaches the
     target (see the module docstring)."""
@@ -239,10 +326,10 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
 
     def attempt(q: float, alpha: float) -> Run | None:
         try:
-            the_plan = plan(profile, demands(stream, profile, q, alpha), realign, share_step)
+            epochs = epochs_for(stream, profile, q, alpha, realign, share_step, replan_s)
         except GraftError:
             return None  # more load than the profile can plan for: treat as failing
-        run = run_plan(stream, profile, the_plan)
+        run = run_epochs(stream, profile, epochs, realign)
         runs.append(run)
         return run if int((run.on_time(stream) & stream.attainable).sum()) >= need else None
 
@@ -314,7 +401,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
-                                     scenario.quantiles, scenario.share_step)
+                                     scenario.quantiles, scenario.share_step, scenario.replan_s)
             results.append(result(name, policy_stream, best, runs))
         if progress:
             progress(name)

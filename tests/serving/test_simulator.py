@@ -2,6 +2,7 @@
 are deterministic, and a realigned group's batches cost what the profile says."""
 
 import math
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -14,7 +15,8 @@ from graft_fx.serving import bundled, profiles, zoo
 from graft_fx.serving.planner import Group, Plan
 from graft_fx.serving.requests import Request
 from graft_fx.serving.simulator import (
-    Scenario, fragment_cuts, group_latency, least_alpha, least_share, make_stream, run_plan, simulate,
+    Epoch, Scenario, demands, epochs_for, fragment_cuts, group_latency, least_alpha, least_share,
+    make_stream, router, run_epochs, run_plan, simulate,
 )
 from graft_fx.serving.workload import DEVICES, make_clients, model_costs
 
@@ -112,6 +114,8 @@ def test_bad_scenarios_raise():
         simulate(scenario(), ["graft", "magic"])
     with pytest.raises(GraftError, match="target"):
         Scenario(*resnet50(), (), 1.0, target=1.5)
+    with pytest.raises(GraftError, match="replan_s 0"):
+        Scenario(*resnet50(), (), 1.0, replan_s=0)
     model, example = zoo.build("mobilenet_v2")
     with pytest.raises(GraftError, match="another model"):
         fragment_cuts(resnet50()[0], model_costs(model, example))
@@ -132,3 +136,36 @@ def test_the_headroom_search_doubles_from_one_then_bisects_to_the_threshold():
 def test_the_headroom_search_stops_at_one_and_gives_up_at_sixty_four():
     assert least_alpha(lambda a: ("run", a), steps=3) == (("run", 1.0), 1.0)
     assert least_alpha(lambda a: None, steps=3) == (None, 64.0)
+
+
+def test_each_request_is_served_by_the_plan_in_force_when_it_arrives():
+    sc = scenario()
+    stream = make_stream(sc)
+    types = tuple(sorted({r.fragment for r in stream.requests}))
+    everything = Plan((Group(types, 1.0, 1, 0.01, 0.001, 0.001, 1.0, 1.0),))
+    run = run_epochs(stream, sc.profile, [Epoch(0.0, everything), Epoch(5.0, Plan(()))])
+    late = np.array([r.arrival_s >= 5.0 for r in stream.requests])
+    assert np.all(np.isnan(run.finish_s[late])) and not np.all(np.isnan(run.finish_s[~late]))
+    assert run.total_share == pytest.approx(5.0 / run.end_s)
+    assert run.plan is (everything if run.end_s < 10.0 else run.epochs[1].plan)
+
+
+def test_replanning_follows_the_windows_and_keeps_every_type_planned():
+    sc = scenario()
+    stream = make_stream(sc)
+    epochs = epochs_for(stream, sc.profile, 0.01, 1.0, True, 0.01, replan_s=2.0)
+    assert epochs[0].start_s == 0.0 and all(e.start_s % 2.0 == 0 for e in epochs)
+    assert all(a.start_s < b.start_s for a, b in zip(epochs, epochs[1:]))
+    planned = {d.fragment for d in demands(stream, sc.profile, 0.01)}
+    assert all({f for g in e.plan.groups for f in g.fragments} == planned for e in epochs)
+    assert epochs_for(stream, sc.profile, 0.01, 1.0, True, 0.01, None)[0].plan.total_share > 0
+    replanned = {r.name: r for r in simulate(replace(sc, replan_s=2.0), ["graft", "per-fragment"])}
+    assert all(r.share is not None and r.share > 0 for r in replanned.values())
+
+
+def test_a_type_without_a_group_joins_the_deepest_group_that_starts_before_it_if_realigned():
+    groups = (Group((0, 2), 0.1, 1, 0.01, 0.001, 0.001, 1.0, 1.0), Group((6,), 0.1, 1, 0.01, 0.001, 0.001, 1.0, 1.0))
+    realigned, separate = router(Plan(groups), True), router(Plan(groups), False)
+    assert [realigned(f) for f in (0, 2, 3, 6, 9)] == [0, 0, 0, 1, 1]
+    assert [separate(f) for f in (0, 2, 3, 6, 9)] == [0, 0, None, 1, None]
+    assert router(Plan((groups[1],)), True)(3) is None
