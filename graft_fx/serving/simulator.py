@@ -216,8 +216,9 @@ def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.
 
 
 def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> Latency:
-    """A realigned group's batch latency at ``share``: piece i runs on the rows of every request
-    cut at or before i (`Profile.batch_s`, specialised to plain lists for the simulator's loop)."""
+    """A realigned group's batch latency at ``share`` for batches of requests of ``fragments``:
+    piece i runs on the rows of every request cut at or before i (`Profile.batch_s`,
+    specialised to plain lists for the simulator's loop)."""
     first = min(fragments)
     if len(fragments) == 1:  # every batch is uniform: its latency depends on its size alone
         by_size = profile.table(share)[first:].sum(axis=0).tolist()
@@ -257,7 +258,7 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch], realig
             routed.setdefault((k, g), []).append(r)
     for (k, g), requests in routed.items():
         group = epochs[k].plan.groups[g]
-        latency = group_latency(profile, group.fragments, group.share)
+        latency = group_latency(profile, sorted({r.fragment for r in requests}), group.share)
         for replica in range(group.replicas):
             outcome = run_offline(requests[replica::group.replicas], latency, profile.max_batch)
             for request_id, t in outcome.completed_s().items():
