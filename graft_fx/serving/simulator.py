@@ -239,22 +239,22 @@ def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> L
     return latency
 
 
-def run_plan(stream: Stream, profile: Profile, the_plan: Plan, realign: bool = True) -> Run:
+def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
     """Serve ``stream`` with one instance per replica of each group of ``the_plan``."""
-    return run_epochs(stream, profile, [Epoch(0.0, the_plan)], realign)
+    return run_epochs(stream, profile, [Epoch(0.0, the_plan)])
 
 
-def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch], realign: bool = True) -> Run:
+def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run:
     """Serve each request on the plan in force when it arrives: one instance per replica of each
     group of each epoch (an instance drains its own queue when its epoch ends)."""
     finish = np.full(len(stream.requests), np.nan)
     starts = [e.start_s for e in epochs]
-    routes = [router(e.plan, realign) for e in epochs]
+    groups = [{f: g for g, group in enumerate(e.plan.groups) for f in group.fragments} for e in epochs]
     routed: dict[tuple[int, int], list[Request]] = {}
     for r in stream.requests:
         k = max(bisect.bisect_right(starts, r.arrival_s) - 1, 0)
-        g = routes[k](r.fragment)
-        if g is not None:  # a type no group can run has no instance: its requests drop
+        g = groups[k].get(r.fragment)
+        if g is not None:  # a type without a plan (none of its requests attainable) drops
             routed.setdefault((k, g), []).append(r)
     for (k, g), requests in routed.items():
         group = epochs[k].plan.groups[g]
@@ -265,26 +265,6 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch], realig
                 finish[request_id] = t
     end = max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
     return Run(tuple(epochs), finish, end)
-
-
-def router(the_plan: Plan, realign: bool) -> Callable[[int], int | None]:
-    """Fragment type -> the group that serves it (None: no group can).
-
-    A type in the plan goes to its group. Under re-alignment, a type the plan was not made for
-    (it sent nothing when the plan was made) goes to the group with the deepest shallowest member
-    at or before its cut: that group's realigned module runs every piece from there on, so the
-    type's rows simply join at their cut. One instance per type has no such group.
-    """
-    exact = {f: g for g, group in enumerate(the_plan.groups) for f in group.fragments}
-    firsts = sorted((group.fragments[0], g) for g, group in enumerate(the_plan.groups))
-
-    def route(fragment: int) -> int | None:
-        if fragment in exact or not realign:
-            return exact.get(fragment)
-        i = bisect.bisect_right(firsts, (fragment, math.inf)) - 1
-        return firsts[i][1] if i >= 0 else None
-
-    return route
 
 
 def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, realign: bool,
@@ -316,7 +296,7 @@ def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, 
 
 def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
                 quantiles: Sequence[float] = QUANTILES, share_step: float = SHARE_STEP,
-                replan_s: float | None = None, steps: int = 3) -> tuple[Run | None, list[Run]]:
+                replan_s: float | None = None, steps: int = 4) -> tuple[Run | None, list[Run]]:
     """The run with the least total share that answers ``target`` of the attainable requests on
     time, and every run tried: for each budget quantile, the least headroom that reaches the
     target (see the module docstring)."""
@@ -330,7 +310,7 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
             epochs = epochs_for(stream, profile, q, alpha, realign, share_step, replan_s)
         except GraftError:
             return None  # more load than the profile can plan for: treat as failing
-        run = run_epochs(stream, profile, epochs, realign)
+        run = run_epochs(stream, profile, epochs)
         runs.append(run)
         return run if int((run.on_time(stream) & stream.attainable).sum()) >= need else None
 

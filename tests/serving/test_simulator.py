@@ -16,7 +16,7 @@ from graft_fx.serving.planner import Group, Plan
 from graft_fx.serving.requests import Request
 from graft_fx.serving.simulator import (
     Epoch, Scenario, demands, epochs_for, fragment_cuts, group_latency, least_alpha, least_share,
-    make_stream, router, run_epochs, run_plan, simulate,
+    make_stream, run_epochs, run_plan, simulate,
 )
 from graft_fx.serving.workload import DEVICES, make_clients, model_costs
 
@@ -161,11 +161,3 @@ def test_replanning_follows_the_windows_and_keeps_every_type_planned():
     assert epochs_for(stream, sc.profile, 0.01, 1.0, True, 0.01, None)[0].plan.total_share > 0
     replanned = {r.name: r for r in simulate(replace(sc, replan_s=2.0), ["graft", "per-fragment"])}
     assert all(r.share is not None and r.share > 0 for r in replanned.values())
-
-
-def test_a_type_without_a_group_joins_the_deepest_group_that_starts_before_it_if_realigned():
-    groups = (Group((0, 2), 0.1, 1, 0.01, 0.001, 0.001, 1.0, 1.0), Group((6,), 0.1, 1, 0.01, 0.001, 0.001, 1.0, 1.0))
-    realigned, separate = router(Plan(groups), True), router(Plan(groups), False)
-    assert [realigned(f) for f in (0, 2, 3, 6, 9)] == [0, 0, 0, 1, 1]
-    assert [separate(f) for f in (0, 2, 3, 6, 9)] == [0, 0, None, 1, None]
-    assert router(Plan((groups[1],)), True)(3) is None
