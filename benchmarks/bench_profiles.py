@@ -32,12 +32,11 @@ import numpy as np
 import torch
 import torchvision
 
-from graft_fx.serving import profiles
+from graft_fx.serving import profiles, zoo
 from graft_fx.serving import roofline as R
 from graft_fx.serving.measure import device_name, measure
 from graft_fx.serving.pieces import select
 
-MODELS = {"resnet50": 224, "vgg16": 224, "mobilenet_v2": 224, "inception_v3": 299, "vit_b_16": 224}
 CPU_MODELS = ("resnet50", "mobilenet_v2")
 PUBLISHED_A100_FP16 = {  # AITemplate examples, eager PyTorch 1.12, A100-40GB, fp16, ms per batch
     "batches": [1, 2, 4, 8, 16, 32, 64, 128],
@@ -45,12 +44,6 @@ PUBLISHED_A100_FP16 = {  # AITemplate examples, eager PyTorch 1.12, A100-40GB, f
     "vit_b_16": [4.95, 5.26, 5.51, 5.56, 8.59, 15.95, 31.48, 59.86],
 }
 RESULTS = Path(__file__).parent / "results"
-
-
-def load_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
-    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-    return model, torch.randn(1, 3, MODELS[name], MODELS[name])
 
 
 def shape_errors(measured: np.ndarray, modelled: np.ndarray) -> np.ndarray:
@@ -74,8 +67,8 @@ def check(profile: profiles.Profile, costs, acc: R.Accelerator) -> dict[str, Any
 def part_a(quick: bool) -> dict[str, Any]:
     path = profiles.shipped()["h200"]
     data, names_match = {}, {}
-    for name in MODELS:
-        model, example = load_model(name)
+    for name in zoo.BENCHMARK_MODELS:
+        model, example = zoo.build(name)
         measured = profiles.load(path, name)
         ours = select(model, example).pieces
         names_match[name] = [(p.start, p.end) for p in ours] == [(p.start, p.end) for p in measured.pieces]
@@ -105,7 +98,7 @@ def part_b(quick: bool, threads: int, reps: int) -> dict[str, Any]:
     batches = (1, 2, 4) if quick else (1, 2, 4, 8)
     data = {}
     for name in CPU_MODELS:
-        model, example = load_model(name)
+        model, example = zoo.build(name)
         started = time.time()
         measured = measure(model, example, name, pieces=10, batches=batches, reps=reps, warmup=1)
         data[name] = (measured, R.costs_for(measured, model, example))
@@ -129,7 +122,7 @@ def part_c() -> dict[str, Any]:
     batches = PUBLISHED_A100_FP16["batches"]
     out = {}
     for name in ("resnet50", "vit_b_16"):
-        model, example = load_model(name)
+        model, example = zoo.build(name)
         sel = select(model, example)
         t = R.fragments(R.latency_table(sel.costs(), fp16, [1.0], batches))[0, 0] * 1e3
         pub = np.array(PUBLISHED_A100_FP16[name])

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from graft_fx.serving import bundled, profiles, zoo
 from graft_fx.serving.measure import device_name
-from graft_fx.serving.simulator import Scenario, simulate
+from graft_fx.serving.simulator import Scenario, fragment_cuts, simulate
 from graft_fx.serving.workload import DEVICES, generate, make_clients, model_costs
 
 NETWORKS = {"3G": "3g-norway-bus-1", "FCC": "fcc-8996", "LTE": "lte-verizon-up"}
@@ -37,9 +37,7 @@ SLO_QUANTILES = {"tight": 0.90, "loose": 0.99}
 
 def slos(clients, costs, profile, duration_s, seed):
     """The tight and loose SLOs in seconds: quantiles of device + upload time, rounded up."""
-    cuts = {c.name: i for i, c in enumerate(costs.cuts)}
-    fragments = [cuts[name] for name in profile.fragments]
-    w = generate(clients, costs, duration_s, seed, fragments=fragments, local=False)
+    w = generate(clients, costs, duration_s, seed, fragments=fragment_cuts(profile, costs), local=False)
     spent = np.array([o.device_s + o.upload_s for o in w.origins])
     return {name: math.ceil(np.quantile(spent, q) * 20) / 20 for name, q in SLO_QUANTILES.items()}
 

@@ -7,7 +7,6 @@ GPU when the package ships one holding the model, and otherwise the roofline mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch

@@ -142,10 +142,6 @@ ACCELERATORS: dict[str, Accelerator] = {
         "a100", "NVIDIA A100-SXM4-80GB", units=108,
         conv_flops=156e12, matmul_flops=19.5e12, bandwidth=2.04e12,
         shares=(16, 32, 64, 96, 108)),
-    "a100-40gb": Accelerator(
-        "a100-40gb", "NVIDIA A100-SXM4-40GB", units=108,
-        conv_flops=156e12, matmul_flops=19.5e12, bandwidth=1.555e12,
-        shares=(16, 32, 64, 96, 108)),
     "t4": Accelerator(
         "t4", "NVIDIA T4", units=40,
         conv_flops=8.1e12, matmul_flops=8.1e12, bandwidth=320e9,
@@ -156,6 +152,8 @@ ACCELERATORS: dict[str, Accelerator] = {
         conv_eff=0.5, matmul_eff=0.5, bw_eff=0.5, bw_scale=1.0,
         launch_s=5e-6, library_s=10e-6, kernel_s=1e-6, piece_s=20e-6, overlap=False, shares=(1,)),
 }
+ACCELERATORS["a100-40gb"] = dataclasses.replace(  # the same chip with HBM2 instead of HBM2e
+    ACCELERATORS["a100"], name="a100-40gb", description="NVIDIA A100-SXM4-40GB", bandwidth=1.555e12)
 
 
 def preset(which: Accelerator | str) -> Accelerator:

@@ -109,6 +109,15 @@ class Stream:
     def deadline_s(self) -> np.ndarray:
         return np.array([r.deadline_s for r in self.requests])
 
+    @cached_property
+    def attainable_budgets(self) -> dict[int, np.ndarray]:
+        """Fragment type -> the budgets of its attainable requests (types with some)."""
+        budgets: dict[int, list[float]] = {}
+        for r, ok in zip(self.requests, self.attainable):
+            if ok:
+                budgets.setdefault(r.fragment, []).append(r.budget_s)
+        return {f: np.array(b) for f, b in sorted(budgets.items())}
+
     def rates(self, attainable_only: bool = False) -> dict[int, float]:
         """Fragment type -> requests per second (of the attainable ones only, if asked)."""
         counts: dict[int, int] = {}
@@ -206,13 +215,9 @@ def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.
     """Per fragment type: its rate times ``alpha``, and the ``quantile`` of the budgets of its
     attainable requests, raised to the least budget the planner can plan for (types with no
     attainable request are left out: no share can serve them)."""
-    budgets: dict[int, list[float]] = {}
-    for r, ok in zip(stream.requests, stream.attainable):
-        if ok:
-            budgets.setdefault(r.fragment, []).append(r.budget_s)
     rates = stream.rates()
     return [Demand(f, rates[f] * alpha, max(float(np.quantile(b, quantile)), least_budget(profile, f)))
-            for f, b in sorted(budgets.items())]
+            for f, b in stream.attainable_budgets.items()]
 
 
 def group_latency(profile: Profile, fragments: Sequence[int], share: float) -> Latency:
