@@ -5,12 +5,13 @@
     realign(fragments)                  one RealignedModule running the fragments' shared layers once
 """
 
+from .capture import InputSpec
 from .cuts import CutPoint, cut_points, split
 from .errors import GraftError, TraceError
 from .plan import Plan, Segment, Unshared
 from .realign import RealignedModule, realign
 
 __all__ = [
-    "CutPoint", "GraftError", "Plan", "RealignedModule", "Segment", "TraceError", "Unshared",
+    "CutPoint", "GraftError", "InputSpec", "Plan", "RealignedModule", "Segment", "TraceError", "Unshared",
     "cut_points", "realign", "split",
 ]

@@ -8,13 +8,19 @@ one in which the members of a class
   (b) are batch-separable (role SHARED), unless the class is a single node,
   (c) come from distinct fragments, and
   (d) have the same *users signature*: the set of (class of user, argument position) pairs, with
-      the fragment's output as a user too.
+      the fragment's output as a user too, and every private user written as one token.
 
-Condition (d) makes sharing grow backwards from the outputs, which is exactly the shared suffix,
-and it is what makes gathering possible: every member of a class feeds the same user classes at
-the same positions, so a user class's input is the concatenation of whole classes (or of
-contiguous row ranges of them) and never needs rows from a class that does not serve it. It
-handles DAGs (residual skips, branches, concatenations) with no special cases.
+Condition (d) makes sharing grow backwards from the outputs, and it handles DAGs (residual
+skips, branches, concatenations) with no special cases. Writing private users as one token lets
+a shared region end *inside* the fragments: a private op near the outputs (a ``squeeze()``, a
+softmax over the batch, an unknown op) no longer blocks sharing of the layers before it; the
+realigned graph narrows the region's rows back to each fragment's private part. Should that ever
+make the class graph cyclic (two fragments whose private ops cross between the same shared
+layers), the partition is recomputed with the strict signature, which cannot.
+
+Whether a shared region is worth batching is a cost rule (``worth_batching``): its FLOPs per row
+must be at least ``FLOPS_PER_COPIED_BYTE`` times the bytes per row copied into it at its gathers.
+Regions that fail it are dealt back to their fragments and the rule is applied again.
 
 We compute it by partition refinement (reverse bisimulation): start from classes by key, then
 repeatedly split each class by its members' users signatures until the number of classes stops
@@ -36,6 +42,12 @@ import torch.utils._pytree as pytree
 from .analysis import Analysis
 from .keys import KeyMaker
 from .separable import Role
+
+FLOPS_PER_COPIED_BYTE = 8
+"""A shared region must batch at least this many FLOPs per row for each byte per row that its
+gathers copy. Matrix products and convolutions run about an order of magnitude more FLOPs per
+byte of activation than this, so every conv or linear layer passes; a region of only elementwise
+ops (0 counted FLOPs) that needs a copy does not: the copy would cost more than batching saves."""
 
 Member = tuple[int, fx.Node]  # (fragment index, node)
 
@@ -68,11 +80,16 @@ def _uses(node: fx.Node) -> list[tuple[fx.Node, int]]:
     return [(user, i) for user in node.users for i, a in enumerate(flat_args(user)) if a is node]
 
 
+_UNEMITTED = (Role.FOLDED, Role.CHECK)
+"""Roles whose nodes get no class: sizes are rebuilt per consumer, export's checks are dropped."""
+
+
 class _Pool:
-    def __init__(self, analyses: list[Analysis]):
+    def __init__(self, analyses: list[Analysis], strict: bool):
+        self.strict = strict
         self.analyses = analyses
         self.members: list[Member] = [
-            (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role is not Role.FOLDED
+            (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role not in _UNEMITTED
         ]
         self.label: dict[Member, int] = {}
         self.uses = {m: _uses(m[1]) for m in self.members if self.role(m) is Role.SHARED}
@@ -87,20 +104,27 @@ class _Pool:
             const_ids: dict[fx.Node, int] = {}
             for n in a.nodes:
                 role = a.verdicts[n].role
+                batch = a.captured.batch
                 if role is Role.CONST:
-                    const_ids[n] = keys.const_number(keys.key(a.gm, n, a.facts, a.verdicts, const_ids))
+                    const_ids[n] = keys.const_number(keys.key(a.gm, n, a.facts, a.verdicts, const_ids, batch))
                     raw[(f, n)] = ("const", const_ids[n])
                 elif role is Role.SHARED:
-                    raw[(f, n)] = ("shared", keys.key(a.gm, n, a.facts, a.verdicts, const_ids))
-                elif role is not Role.FOLDED:
+                    raw[(f, n)] = ("shared", keys.key(a.gm, n, a.facts, a.verdicts, const_ids, batch))
+                elif role not in _UNEMITTED:
                     raw[(f, n)] = ("single", f, n)
         self.label = _renumber(raw)
 
+    def user_token(self, f: int, user: fx.Node, position: int) -> Hashable:
+        if user.op == "output":
+            return ("output", position) if self.strict else "output"
+        if not self.strict and self.role((f, user)) is not Role.SHARED:
+            return "private"
+        return (self.label[(f, user)], position)
+
     def signature(self, m: Member) -> frozenset:
         f, node = m
-        sig = {(self.label[(f, u)] if u.op != "output" else "output", i) for u, i in self.uses[m]
-               if u.op == "output" or self.role((f, u)) is not Role.FOLDED}
-        return frozenset(sig)
+        return frozenset(self.user_token(f, u, i) for u, i in self.uses[m]
+                         if u.op == "output" or self.role((f, u)) not in _UNEMITTED)
 
     def refine(self) -> None:
         count = len(set(self.label.values()))
@@ -136,9 +160,10 @@ def _renumber(raw: dict[Member, Hashable]) -> dict[Member, int]:
     return {m: numbers.setdefault(v, len(numbers)) for m, v in raw.items()}
 
 
-def align(analyses: list[Analysis]) -> list[NodeClass]:
-    """The classes of the coarsest valid partition, in an order where inputs come first."""
-    pool = _Pool(analyses)
+def _partition(analyses: list[Analysis], strict: bool) -> list[NodeClass] | None:
+    """The classes of the coarsest partition (relaxed or strict signature), in topological
+    order; None when the class graph has a cycle."""
+    pool = _Pool(analyses, strict)
     pool.initial_labels()
     pool.refine()
     while pool.split_lanes():
@@ -147,13 +172,96 @@ def align(analyses: list[Analysis]) -> list[NodeClass]:
     for m in pool.members:
         groups[pool.label[m]].append(m)
     classes = [NodeClass(0, sorted(ms, key=lambda m: m[0]), pool.role(ms[0])) for ms in groups.values()]
+    return _topological(classes, analyses)
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A region that could be shared but is not worth batching (see ``worth_batching``)."""
+
+    fragments: tuple[int, ...]
+    num_nodes: int
+    flops_per_row: int
+    copied_bytes_per_row: int
+
+
+def align(analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE
+          ) -> tuple[list[NodeClass], list[Declined]]:
+    """The classes that the realigned graph computes, in an order where inputs come first, and
+    the regions declined by the cost rule.
+
+    The relaxed partition, or the strict one where the relaxed one is cyclic; then the regions
+    not worth batching are dealt back to their fragments until every shared region pays.
+    """
+    classes = _partition(analyses, strict=False) or _partition(analyses, strict=True)
+    assert classes is not None, "the strict partition is acyclic by construction"
+    declined: list[Declined] = []
+    while True:
+        losing = [segment for segment in shared_regions(classes)
+                  if not worth_batching(analyses, classes, segment, min_flops_per_byte)]
+        if not losing:
+            return classes, declined
+        declined += [Declined(r[0].fragments, len(r), _flops(analyses, r), copied_bytes_per_row(analyses, classes, r))
+                     for r in losing]
+        dealt = {c.index for segment in losing for c in segment}
+        singles = [NodeClass(0, [m], c.role) for c in classes if c.index in dealt for m in c.members]
+        classes = _topological([c for c in classes if c.index not in dealt] + singles, analyses)
+
+
+def shared_regions(classes: list[NodeClass]) -> list[list[NodeClass]]:
+    """Connected components of shared classes that serve one set of fragments."""
+    by_index = {c.index: c for c in classes}
+    shared = [c for c in classes if c.shared]
+    parent = {c.index: c.index for c in shared}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for c in shared:
+        for i in c.inputs:
+            if i in parent and by_index[i].fragments == c.fragments:
+                parent[find(i)] = find(c.index)
+    groups: dict[int, list[NodeClass]] = defaultdict(list)
+    for c in shared:
+        groups[find(c.index)].append(c)
+    return list(groups.values())
+
+
+def copied_bytes_per_row(analyses: list[Analysis], classes: list[NodeClass], region: list[NodeClass]) -> int:
+    """Bytes per row that the region's gathers copy: each rows input whose members come from
+    more than one class is concatenated (a slice of one class is a view and costs nothing)."""
+    class_of = {m: c.index for c in classes for m in c.members}
+    total = 0
+    for c in region:
+        f0, rep = c.members[0]
+        for position, a in enumerate(flat_args(rep)):
+            if not isinstance(a, fx.Node) or analyses[f0].verdicts[a].role in (Role.CONST, *_UNEMITTED):
+                continue
+            sources = {class_of[(f, flat_args(n)[position])] for f, n in c.members}
+            if len(sources) > 1:
+                total += analyses[f0].facts[a].bytes_per_row
+    return total
+
+
+def _flops(analyses: list[Analysis], region: list[NodeClass]) -> int:
+    return sum(analyses[c.members[0][0]].facts[c.members[0][1]].flops_per_row for c in region)
+
+
+def worth_batching(analyses: list[Analysis], classes: list[NodeClass], region: list[NodeClass],
+                   min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE) -> bool:
+    """The cost rule (see ``FLOPS_PER_COPIED_BYTE``)."""
+    return _flops(analyses, region) >= min_flops_per_byte * copied_bytes_per_row(analyses, classes, region)
+
+
+def _topological(classes: list[NodeClass], analyses: list[Analysis]) -> list[NodeClass] | None:
+    """Kahn's algorithm over class dependencies; ties go to the lowest (fragment, graph position).
+    None when the classes depend on each other in a cycle."""
+    label = {m: i for i, c in enumerate(classes) for m in c.members}
     position = {(f, n): i for f, a in enumerate(analyses) for i, n in enumerate(a.nodes)}
-    return _topological(classes, pool.label, position)
-
-
-def _topological(classes: list[NodeClass], label: dict[Member, int], position: dict[Member, int]) -> list[NodeClass]:
-    """Kahn's algorithm over class dependencies; ties go to the lowest (fragment, graph position)."""
-    by_label = {label[c.members[0]]: c for c in classes}
+    by_label = dict(enumerate(classes))
     deps: dict[int, set[int]] = {
         l: {label[(f, a)] for f, n in c.members for a in n.all_input_nodes if (f, a) in label} for l, c in by_label.items()
     }
@@ -175,7 +283,8 @@ def _topological(classes: list[NodeClass], label: dict[Member, int], position: d
             waiting[u] -= 1
             if waiting[u] == 0:
                 heapq.heappush(ready, (rank[u], u))
-    assert len(order) == len(classes), "class graph has a cycle"
+    if len(order) != len(classes):
+        return None
     for l, c in by_label.items():
         c.inputs = tuple(sorted(by_label[d].index for d in deps[l]))
     return order

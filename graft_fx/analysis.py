@@ -1,17 +1,22 @@
-"""One graph, analysed: captured, shape-propagated at two batch sizes, and every node given a role.
+"""One graph, analysed: captured, its values described, and every node given a role.
 
-This is the common front half of ``cut_points``, ``split`` and ``realign``.
+This is the common front half of ``cut_points``, ``split`` and ``realign``. Capturing a module
+(torch.export) is the expensive step, so the analysis of a module is cached while the module
+stays as it was: same example row shapes, same parameter and buffer objects, same train/eval
+modes and the same hooks. Changing any of those captures it again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Hashable
 
+import torch
 import torch.fx as fx
 
 from .capture import Captured, capture
-from .rows import Facts, MetaCache, propagate
+from .facts import Facts, collect
 from .separable import Verdict, roles
 
 
@@ -31,7 +36,33 @@ class Analysis:
         return [n for n in self.gm.graph.nodes if n.op != "output"]
 
 
-def analyze(fragment: Any, example: Any = None, name: str = "fragment", cache: MetaCache | None = None) -> Analysis:
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Hashable, Analysis]]" = weakref.WeakKeyDictionary()
+
+
+def _state(module: torch.nn.Module, example: Any) -> Hashable:
+    """What a capture of ``module`` depends on besides its code (see the module docstring)."""
+    examples = example if isinstance(example, (tuple, list)) else (example,)
+    shapes = tuple((tuple(t.shape[1:]), t.dtype, t.device) if isinstance(t, torch.Tensor) else repr(t) for t in examples)
+    modules = tuple(
+        (m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
+         tuple(map(id, m._parameters.values())), tuple(map(id, m._buffers.values())))
+        for m in module.modules())
+    hooks = tuple(len(h) for h in (torch.nn.modules.module._global_forward_hooks,
+                                   torch.nn.modules.module._global_forward_pre_hooks))
+    return shapes, modules, hooks, torch.is_autocast_enabled()
+
+
+def analyze(fragment: Any, example: Any = None, name: str = "fragment") -> Analysis:
+    """Capture ``fragment`` and describe every node (see ``capture``, ``facts``, ``separable``)."""
+    cacheable = isinstance(fragment, torch.nn.Module) and not (
+        isinstance(fragment, fx.GraphModule) and "graft_batch" in fragment.meta)
+    key = _state(fragment, example) if cacheable else None
+    if cacheable and fragment in _CACHE and _CACHE[fragment][0] == key:
+        hit = _CACHE[fragment][1]
+        return Analysis(replace(hit.captured, name=name), hit.facts, hit.verdicts)
     captured = capture(fragment, example, name)
-    facts = propagate(captured.gm, captured.inputs, cache or MetaCache(), name)
-    return Analysis(captured, facts, roles(captured.gm, facts))
+    facts = collect(captured.gm, captured.batch)
+    analysis = Analysis(captured, facts, roles(captured.gm, facts))
+    if cacheable:
+        _CACHE[fragment] = (key, analysis)
+    return analysis

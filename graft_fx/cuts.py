@@ -4,8 +4,9 @@ A cut point is a place in the graph where exactly one tensor crosses from the la
 the layers after: the phone runs the head, uploads that tensor, and the server runs the tail.
 We walk the nodes in graph order and keep the set of values that are live across each gap
 (produced before it, used after it). Values that the tail can rebuild on its own do not count:
-constants (weights and ops on them) are recomputed in the tail, shape-derived literals are
-inlined, and the batch size is re-read from the crossing tensor. A gap whose live set is one
+constants (weights and ops on them) are recomputed in the tail, sizes derived from the batch are
+rebuilt from the crossing tensor's own row count (``symbolic.materialize``), and export's runtime
+checks stay with the values they check. A gap whose live set is one
 tensor that carries the batch rows is a cut. This handles DAGs with no special case: inside a
 residual block or an Inception module two branches are live, so no cut is offered there.
 
@@ -18,28 +19,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .analysis import Analysis, analyze
+from .capture import layer_name
 from .errors import GraftError
-from .rows import BATCH, Kind
+from .facts import Kind
+from .rows import Layout
 from .separable import GATHERABLE, Role
+from .symbolic import materialize
+
+_REBUILT = (Role.CONST, Role.FOLDED, Role.CHECK)
 
 
 @dataclass(frozen=True)
 class CutPoint:
-    """A cut after node ``name``: ``activation_bytes`` cross per sample; ``flops_before`` is the
-    fraction of the model's FLOPs that runs before the cut (on the phone)."""
+    """A cut after node ``name`` of the captured graph (``layer`` is its readable module path):
+    ``activation_bytes`` cross per sample; ``flops_before`` is the fraction of the model's FLOPs
+    that runs before the cut (on the phone)."""
 
     name: str
     activation_bytes: int
     flops_before: float
+    layer: str = ""
 
 
 def _rebuildable(a: Analysis, node: fx.Node) -> bool:
-    return a.verdicts[node].role in (Role.CONST, Role.FOLDED)
+    return a.verdicts[node].role in _REBUILT
 
 
 def located_cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
@@ -52,7 +60,8 @@ def located_cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
     nodes = a.nodes
     position = {n: i for i, n in enumerate(nodes)}
     end = len(nodes)
-    last_use = {n: max((position.get(u, end) for u in n.users), default=-1) for n in nodes}
+    last_use = {n: max((position.get(u, end) for u in n.users if u.op == "output" or not _rebuildable(a, u)),
+                       default=-1) for n in nodes}
     expiring: dict[int, list[fx.Node]] = {}
     for n in nodes:
         expiring.setdefault(last_use[n], []).append(n)
@@ -69,8 +78,9 @@ def located_cuts(a: Analysis) -> list[tuple[CutPoint, int]]:
         if i < last_input or live != {c} or all(u.op == "output" for u in c.users):
             continue
         facts = a.facts[c]
-        if facts.kind is Kind.ROWS and facts.is_tensor and a.verdicts[c].role in GATHERABLE:
-            found.append((CutPoint(c.name, facts.bytes_per_row, flops / total), i))
+        verdict = a.verdicts[c]
+        if facts.kind is Kind.ROWS and facts.is_tensor and verdict.role in GATHERABLE and verdict.layout == Layout(0):
+            found.append((CutPoint(c.name, facts.bytes_per_row, flops / total, layer_name(c)), i))
     return found
 
 
@@ -96,8 +106,9 @@ def _find(a: Analysis, at: CutPoint | str) -> tuple[fx.Node, int]:
 def split(model: Any, at: CutPoint | str, example_inputs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Cut ``model`` at ``at`` (a CutPoint or its name) into ``(head, tail)`` GraphModules.
 
-    ``tail(head(x))`` equals ``model(x)``. The tail's input placeholder records the crossing
-    tensor's shape (``meta['tensor_meta']``), so ``realign`` needs no example inputs for it.
+    ``tail(head(x))`` equals ``model(x)``. Both are in graft_fx's canonical form (ATen ops, a
+    symbolic batch recorded in every node's ``meta["val"]``), so ``realign`` takes the tail as it
+    is, with no example inputs and no second capture.
     """
     a = analyze(model, example_inputs, f"model ({type(model).__name__})")
     cut, pos = _find(a, at)
@@ -116,40 +127,44 @@ def _head(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
 def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
     graph = fx.Graph()
     placeholder = graph.placeholder(cut.name)
-    placeholder.meta["tensor_meta"] = _extract_tensor_metadata(a.facts[cut].value)
+    placeholder.meta.update(cut.meta)
     env: dict[fx.Node, Any] = {cut: placeholder}
-    batch: list[fx.Node] = []
+    batch = a.captured.batch
+    rows: list[fx.Node] = []
 
-    def materialize(scalar: Any) -> Any:
-        if scalar is BATCH:
-            if not batch:
-                batch.append(graph.call_method("size", (placeholder, 0)))
-            return batch[0]
-        if isinstance(scalar, (tuple, list)):
-            return type(scalar)(materialize(s) for s in scalar)
-        return scalar
+    def row_count() -> fx.Node:
+        if not rows:
+            rows.append(graph.call_function(torch.ops.aten.sym_size.int, (placeholder, 0)))
+            rows[0].meta["val"] = placeholder.meta["val"].shape[0]
+        return rows[0]
 
     def rebuild(n: fx.Node) -> Any:
-        """A value from before the cut: a literal, the batch size, or a recomputed constant."""
+        """A value from before the cut: a recomputed constant, or a size rebuilt from the rows."""
         if n not in env:
             assert _rebuildable(a, n), f"{n.name} crosses the cut"
             if a.verdicts[n].role is Role.FOLDED:
-                env[n] = materialize(a.facts[n].scalar)
+                env[n] = materialize(a.facts[n].scalar, batch, row_count(), graph)
+                if isinstance(env[n], fx.Node):
+                    env[n].meta["val"] = n.meta.get("val")
             else:
                 env[n] = graph.node_copy(n, rebuild)
         return env[n]
 
     for n in a.nodes[pos + 1:]:
-        env[n] = graph.node_copy(n, rebuild)
+        role = a.verdicts[n].role
+        if role is Role.CHECK and any(i not in env and not _rebuildable(a, i) for i in n.all_input_nodes):
+            continue  # a check of a value the head computed: it ran there
+        env[n] = rebuild(n) if role is Role.FOLDED else graph.node_copy(n, rebuild)
     leaves = [fx.node.map_arg(leaf, rebuild) for leaf in a.captured.out_leaves]
     graph.output(pytree.tree_unflatten(leaves, a.captured.out_spec))
     return _module(a, graph, "Tail")
 
 
 def _module(a: Analysis, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """A GraphModule over the model's own submodules, without the nodes and modules it does not use."""
+    """A GraphModule over the model's own weights, without the nodes it does not use, marked as
+    canonical (``meta["graft_batch"]``) so that ``realign`` takes it without a second capture."""
     gm = fx.GraphModule(a.gm, graph, class_name=name)
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
     gm.recompile()
+    gm.meta["graft_batch"] = a.captured.batch
     return gm

@@ -1,9 +1,10 @@
 """Layer keys: what makes nodes of different fragments "the same layer".
 
-Two nodes get equal keys when they run the same op (target, module type and hyperparameters),
-with weights equal by value, on arguments that agree: the same literals, the same constants, and
-rows of the same shape and dtype (the batch dim aside). Node and module *names* never enter a
-key, so fragments built and loaded separately align as well as fragments cut from one instance.
+Two nodes get equal keys when they run the same ATen op on arguments that agree: the same
+literals, the same constants (weights equal by value), sizes that are the same expression of the
+batch, and rows of the same shape, dtype and layout (the batch aside). Node and module *names*
+never enter a key, so fragments built, exported and loaded separately align as well as fragments
+cut from one instance.
 
 Weights are compared by value through a ``TensorInterner``: the same tensor object is recognised
 at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device and a few sampled
@@ -15,16 +16,18 @@ from __future__ import annotations
 import itertools
 from typing import Any, Hashable
 
+import sympy
 import torch
 import torch.fx as fx
-import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .capture import fetch_attr
-from .rows import Facts
+from .facts import Facts
 from .separable import Role, Verdict
 
 _SAMPLES = 16
+BATCH = sympy.Symbol("B", integer=True, positive=True)
+"""The one symbol every fragment's batch is renamed to inside keys."""
 
 
 def fingerprint(t: torch.Tensor) -> Hashable:
@@ -80,17 +83,6 @@ def freeze(v: Any) -> Hashable:
         return ("repr", repr(v))
 
 
-def _module_config(module: nn.Module) -> Hashable:
-    """Hyperparameters: the public plain attributes of the module (training flag included)."""
-    return tuple(sorted((k, freeze(v)) for k, v in vars(module).items() if not k.startswith("_")))
-
-
-def _rows_descriptor(value: Any) -> Hashable:
-    if isinstance(value, torch.Tensor):
-        return ("rows", tuple(value.shape[1:]), value.dtype)
-    return ("rows", *(_rows_descriptor(x) if isinstance(x, torch.Tensor) else freeze(x) for x in value))
-
-
 class KeyMaker:
     """Computes layer keys for one realign() call; constants are numbered across fragments."""
 
@@ -101,28 +93,27 @@ class KeyMaker:
     def const_number(self, key: Hashable) -> int:
         return self._const_numbers.setdefault(key, len(self._const_numbers))
 
-    def key(self, gm: fx.GraphModule, node: fx.Node, facts: dict[fx.Node, Facts],
-            verdicts: dict[fx.Node, Verdict], const_ids: dict[fx.Node, int]) -> Hashable:
-        """The layer key of a SHARED or CONST node; ``const_ids`` numbers its constant inputs."""
+    def key(self, gm: fx.GraphModule, node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node, Verdict],
+            const_ids: dict[fx.Node, int], batch: sympy.Symbol) -> Hashable:
+        """The layer key of a SHARED or CONST node; ``const_ids`` numbers its constant inputs and
+        ``batch`` is the fragment's batch symbol (renamed to one symbol for all fragments)."""
+        if node.op == "get_attr":
+            value = fetch_attr(gm, node.target)
+            return ("get_attr", self.intern(value)) if isinstance(value, torch.Tensor) else ("get_attr", id(value))
 
         def arg(a: Any) -> Hashable:
             if not isinstance(a, fx.Node):
                 return ("literal", freeze(a))
             role = verdicts[a].role
             if role is Role.FOLDED:
-                return ("scalar", freeze(facts[a].scalar))
+                scalar = pytree.tree_map(lambda s: s.subs(batch, BATCH) if isinstance(s, sympy.Basic) else s,
+                                         facts[a].scalar)
+                return ("scalar", freeze(scalar))
             if role is Role.CONST:
                 return ("const", const_ids[a])
-            return _rows_descriptor(facts[a].value)
+            f = facts[a]
+            return ("rows", f.pattern, f.dtype, verdicts[a].layout) if f.parts is None else (
+                "rows", tuple((p.pattern, p.dtype) for p in f.parts), verdicts[a].layout)
 
         leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
-        args = (str(spec), tuple(arg(a) for a in leaves))
-        if node.op == "get_attr":
-            return ("get_attr", self.intern(fetch_attr(gm, node.target)))
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            weights = tuple((name, self.intern(t)) for name, t in itertools.chain(
-                module.named_parameters(), module.named_buffers()))
-            return ("call_module", type(module), _module_config(module), weights, args)
-        return (node.op, node.target, args)
-
+        return (node.op, node.target, str(spec), tuple(arg(a) for a in leaves))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .align import NodeClass
+from .align import Declined, NodeClass
 from .analysis import Analysis
+from .capture import layer_name
 from .separable import Role
 
 
@@ -25,7 +26,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class Unshared:
-    """A node kept in its fragment's private part although it carries rows, and why."""
+    """A node kept in its fragment's private part, and why; ``node`` is its readable layer name
+    (``"layer4.2.bn3 (batch_norm)"``)."""
 
     fragment: int
     node: str
@@ -37,6 +39,7 @@ class Plan:
     num_fragments: int
     segments: tuple[Segment, ...]
     unshared: tuple[Unshared, ...]
+    declined: tuple[Declined, ...] = ()
 
     @property
     def batched_flops_fraction(self) -> float:
@@ -57,6 +60,9 @@ class Plan:
         if self.unshared:
             lines.append(f"not shared ({len(self.unshared)} nodes):")
             lines += [f"  fragment {u.fragment}: {u.node}: {u.reason}" for u in self.unshared]
+        for d in self.declined:
+            lines.append(f"not worth batching: {d.num_nodes} nodes of fragments {','.join(map(str, d.fragments))} "
+                         f"({d.flops_per_row / 1e6:.2f} MFLOP/row against {d.copied_bytes_per_row} bytes/row copied)")
         return "\n".join(lines)
 
 
@@ -81,7 +87,7 @@ def _components(classes: list[NodeClass]) -> list[list[NodeClass]]:
     return sorted(groups.values(), key=lambda g: min(c.index for c in g))
 
 
-def make_plan(analyses: list[Analysis], classes: list[NodeClass]) -> Plan:
+def make_plan(analyses: list[Analysis], classes: list[NodeClass], declined: list[Declined] = ()) -> Plan:
     """Segments are the components of non-constant classes; inputs join a fragment's first nodes."""
     segments = []
     for group in _components([c for c in classes if c.role is not Role.CONST]):
@@ -90,8 +96,8 @@ def make_plan(analyses: list[Analysis], classes: list[NodeClass]) -> Plan:
             flops = sum(analyses[f].facts[n].flops_per_row for c in running for f, n in c.members[:1])
             segments.append(Segment(running[0].fragments, len(running), flops))
     unshared = tuple(
-        Unshared(f, n.name, v.reason)
+        Unshared(f, layer_name(n), v.reason)
         for f, a in enumerate(analyses) for n, v in a.verdicts.items()
         if v.role in (Role.PRIVATE, Role.PRIVATE_ROWS) and v.reason
     )
-    return Plan(len(analyses), tuple(segments), unshared)
+    return Plan(len(analyses), tuple(segments), unshared, tuple(declined))

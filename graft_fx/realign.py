@@ -1,9 +1,10 @@
 """``realign()``: many fragments in, one RealignedModule out.
 
 The pipeline: capture each fragment and find the role of each node (``analysis.py``), partition
-all nodes into classes (``align.py``), emit one graph (``rewrite.py``) and describe it
-(``plan.py``). ``RealignedModule`` checks every call's inputs against the fragments' input specs,
-then runs the graph built for the fragments present in that call (cached per set).
+all nodes into classes (``align.py``), emit one graph (``rewrite.py``), describe it (``plan.py``)
+and, by default, check it against separate execution on random rows (``verify.py``).
+``RealignedModule`` checks every call's inputs against the fragments' input specs, then runs the
+graph built for the fragments present in that call (cached per set).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from .align import NodeClass, align
+from .align import FLOPS_PER_COPIED_BYTE, NodeClass, align
 from .analysis import Analysis, analyze
+from .capture import InputSpec, fetch_attr
 from .errors import GraftError
 from .plan import Plan, make_plan
 from .rewrite import emit
-from .rows import MetaCache
+from .verify import verify as _verify
 
 
 class RealignedModule(nn.Module):
@@ -35,6 +37,7 @@ class RealignedModule(nn.Module):
         self._analyses = analyses
         self._classes = classes
         self.plan = plan
+        self._class_of = {m: c for c in classes for m in c.members}
         everyone = frozenset(range(len(analyses)))
         self._graphs: dict[frozenset[int], fx.GraphModule] = {everyone: emit(analyses, classes, everyone)}
         self.graph_module = self._graphs[everyone]
@@ -42,6 +45,24 @@ class RealignedModule(nn.Module):
     @property
     def num_fragments(self) -> int:
         return len(self._analyses)
+
+    @property
+    def input_specs(self) -> list[tuple[InputSpec, ...]]:
+        """For each fragment, the shape of one row (and dtype, device) of each input tensor."""
+        return [tuple(a.captured.inputs) for a in self._analyses]
+
+    def reference(self, f: int) -> Any:
+        """Fragment ``f`` as the user gave it (an ExportedProgram's ``.module()``), run eagerly."""
+        return self._analyses[f].captured.call
+
+    def fragment_name(self, f: int) -> str:
+        return self._analyses[f].captured.name
+
+    def analysis(self, f: int) -> Analysis:
+        return self._analyses[f]
+
+    def class_of(self, f: int, node: fx.Node) -> NodeClass | None:
+        return self._class_of.get((f, node))
 
     def graph_for(self, present: frozenset[int]) -> fx.GraphModule:
         """The realigned graph specialized to the fragments in ``present``."""
@@ -103,7 +124,8 @@ class RealignedModule(nn.Module):
 
 def _placement(a: Analysis) -> tuple[frozenset, frozenset]:
     """The devices and floating dtypes a fragment's weights and inputs live in."""
-    tensors = [*a.gm.parameters(), *a.gm.buffers()]
+    tensors = [t for n in a.nodes if n.op == "get_attr" for t in [fetch_attr(a.gm, n.target)]
+               if isinstance(t, torch.Tensor)]
     devices = {t.device for t in tensors} | {s.device for s in a.captured.inputs if s.device is not None}
     dtypes = {t.dtype for t in tensors if t.is_floating_point()}
     dtypes |= {s.dtype for s in a.captured.inputs if s.dtype.is_floating_point}
@@ -124,12 +146,22 @@ def _check_uniform(analyses: list[Analysis]) -> None:
                              f"to one {one} before realigning")
 
 
-def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None) -> RealignedModule:
+def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None, *,
+            verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE) -> RealignedModule:
     """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
 
-    ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms. Input shapes come from the
-    fragments' graphs (``graft_fx.split`` and ``torch.export`` record them) or from
-    ``example_inputs``: one example per fragment (a tensor, a tuple, or None to use the graph's).
+    ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms, each captured with
+    torch.export at the ATen level (``capture.py``). Input shapes come from the fragments
+    (``graft_fx.split`` tails and ExportedPrograms record them) or from ``example_inputs``: one
+    example per fragment (a tensor, a tuple, or None), batch dim 0 of any size.
+
+    With ``verify=True`` (the default) every fragment runs eagerly and the realigned module runs
+    on random rows at uneven batch sizes (1 included), and any output that differs beyond
+    ``torch.testing.assert_close``'s tolerance raises GraftError naming the fragment and the first
+    differing node. A shared region is kept only where it batches at least
+    ``min_flops_per_byte`` FLOPs per row for each byte per row its gathers copy (the cost rule,
+    ``align.FLOPS_PER_COPIED_BYTE``); 0 shares every region that can be shared. Raises GraftError
+    (TraceError) for fragments that cannot be captured or served: see ``capture`` and the messages.
     """
     fragments = list(fragments)
     if not fragments:
@@ -137,11 +169,13 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     examples = list(example_inputs) if example_inputs is not None else [None] * len(fragments)
     if len(examples) != len(fragments):
         raise GraftError(f"realign() got {len(fragments)} fragments but {len(examples)} example inputs")
-    cache = MetaCache()
     analyses = [
-        analyze(fragment, example, f"fragment {i} ({type(fragment).__name__})", cache)
+        analyze(fragment, example, f"fragment {i} ({type(fragment).__name__})")
         for i, (fragment, example) in enumerate(zip(fragments, examples))
     ]
     _check_uniform(analyses)
-    classes = align(analyses)
-    return RealignedModule(analyses, classes, make_plan(analyses, classes))
+    classes, declined = align(analyses, min_flops_per_byte)
+    rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined))
+    if verify:
+        _verify(rm)
+    return rm

@@ -1,17 +1,20 @@
-"""Classes -> one realigned fx GraphModule: private heads, gathers, shared segments, scatter.
+"""Classes -> one realigned fx GraphModule: private parts, gathers, shared segments, scatter.
 
 Each class becomes one node that runs on its *row group*: the rows of its present fragments,
-concatenated in ascending fragment order. Because every class lists its fragments in that one
-canonical order, an input class that serves exactly the same fragments is passed straight
-through; where fragments meet, the input is gathered with one ``torch.cat`` of zero-copy
-``narrow`` views (contiguous row ranges of the input classes), so rows are copied once and never
-permuted. The outputs are ``narrow`` views of their class's rows, one per fragment.
+concatenated in ascending fragment order along the class's ``rows.Layout``. Because every class
+lists its fragments in that one canonical order, an input class that serves exactly the same
+fragments is passed straight through; where fragments meet, the input is gathered with one
+``torch.cat`` of zero-copy ``narrow`` views (runs of fragments that sit next to each other in
+one source class), so rows are copied once and never permuted. A class whose users serve fewer
+fragments (a shared region that ends inside the fragments) is narrowed back for each of them.
+The outputs are narrow views of their class's rows, one per fragment.
 
-Per-fragment batch sizes are read from the inputs at run time (``x.size(0)``), and every value
-that stood for the batch size in a fragment (a ``reshape(n, -1)``, an ``expand(n, ...)``) becomes
-the row count of the consuming node's row group, so a size read in one row group is never used
-in another. Other sizes are literals: the realigned module checks input shapes on every call.
-Graphs are built for a set of present fragments, so absent fragments cost nothing.
+Per-fragment batch sizes are read from the inputs at run time (``x.size(0)``), and every size
+derived from the batch (``s``, ``s // 2``, ``3 * s``) is rebuilt from the row count of the
+consuming node's row group (``symbolic.materialize``), so a size read in one row group is never
+used in another. Graphs are built for a set of present fragments, so absent fragments cost
+nothing. Export's runtime checks are not emitted: the realigned module checks its inputs itself.
+In-place writes back to inputs and buffers run last, after every read of the old values.
 """
 
 from __future__ import annotations
@@ -27,18 +30,13 @@ import torch.utils._pytree as pytree
 from .align import NodeClass, flat_args
 from .analysis import Analysis
 from .capture import fetch_attr
-from .rows import BATCH
+from .rows import Layout, cat_rows, take_rows
 from .separable import Role
+from .symbolic import materialize
 
 
-def take_rows(value: Any, start: int, length: int) -> Any:
-    """Rows [start, start + length) of every tensor in a (possibly nested) value."""
-    return pytree.tree_map_only(torch.Tensor, lambda t: t.narrow(0, start, length), value)
-
-
-def cat_rows(*values: Any) -> Any:
-    """Concatenate the rows of several values of one structure, tensor by tensor."""
-    return pytree.tree_map(lambda *ts: torch.cat(ts) if isinstance(ts[0], torch.Tensor) else ts[0], *values)
+def _writes_back(c: NodeClass) -> bool:
+    return c.members[0][1].target is torch.ops.aten.copy_.default
 
 
 class _Emitter:
@@ -52,7 +50,7 @@ class _Emitter:
         self.class_of = {m: c for c in classes for m in c.members}
         self.batch: dict[int, fx.Node] = {}
         self.prefix_rows: dict[tuple[int, ...], Any] = {}
-        self.moved: dict[tuple, fx.Node] = {}  # gathers and slices, built once each
+        self.moved: dict[tuple, fx.Node] = {}  # gathers, slices and sizes, built once each
         self.flat: dict[fx.Node, list] = {}
         self.inputs = {
             (f, p): self.graph.placeholder(f"f{f}_{p.name}")
@@ -85,67 +83,72 @@ class _Emitter:
         group = self.group(c)
         return self.rows(group[: group.index(f)])
 
-    def materialize(self, scalar: Any, group: tuple[int, ...]) -> Any:
-        if scalar is BATCH:
-            return self.rows(group)
-        if isinstance(scalar, (tuple, list)):
-            return type(scalar)(self.materialize(s, group) for s in scalar)
-        return scalar
+    def size(self, f: int, node: fx.Node, group: tuple[int, ...]) -> Any:
+        """A batch-derived value of fragment ``f`` for the rows of ``group``."""
+        key = ("size", f, node, group)
+        if key not in self.moved:
+            a = self.analyses[f]
+            self.moved[key] = materialize(a.facts[node].scalar, a.captured.batch, self.rows(group), self.graph)
+        return self.moved[key]
 
     # --- rows moving between classes --------------------------------------------------------
 
+    def layout(self, c: NodeClass) -> Any:
+        f, node = c.members[0]
+        return self.analyses[f].verdicts[node].layout
+
     def slice_rows(self, source: NodeClass, fragments: list[int]) -> fx.Node:
-        """The rows of ``fragments`` (contiguous in ``source``'s group) of a class's value."""
+        """The rows of ``fragments`` (adjacent in ``source``'s group) of a class's value."""
         value = self.value[source.index]
         if tuple(fragments) == self.group(source):
             return value
         key = ("slice", source.index, tuple(fragments))
         if key not in self.moved:
             start, length = self.offset(source, fragments[0]), self.rows(tuple(fragments))
-            if self._is_tensor(source):
-                self.moved[key] = self.graph.call_method("narrow", (value, 0, start, length))
+            layout = self.layout(source)
+            if isinstance(layout, Layout) and layout.outer == layout.inner == 1:
+                self.moved[key] = self.graph.call_method("narrow", (value, layout.dim, start, length))
             else:
-                self.moved[key] = self.graph.call_function(take_rows, (value, start, length))
+                self.moved[key] = self.graph.call_function(take_rows, (value, layout, start, length))
         return self.moved[key]
 
-    def gather(self, pieces: list[tuple[int, NodeClass]], tensor: bool) -> fx.Node:
+    def gather(self, pieces: list[tuple[int, NodeClass]]) -> fx.Node:
         key = ("gather", tuple((f, source.index) for f, source in pieces))
         if key not in self.moved:
-            self.moved[key] = self._gather(pieces, tensor)
+            self.moved[key] = self._gather(pieces)
         return self.moved[key]
 
-    def _gather(self, pieces: list[tuple[int, NodeClass]], tensor: bool) -> fx.Node:
+    def _gather(self, pieces: list[tuple[int, NodeClass]]) -> fx.Node:
+        """Runs of fragments adjacent in one source become one slice; the slices are joined."""
         runs: list[tuple[NodeClass, list[int]]] = []
         for f, source in pieces:
-            if runs and runs[-1][0] is source:
+            group = self.group(source)
+            if runs and runs[-1][0] is source and group.index(f) == group.index(runs[-1][1][-1]) + 1:
                 runs[-1][1].append(f)
             else:
                 runs.append((source, [f]))
         parts = [self.slice_rows(source, fs) for source, fs in runs]
         if len(parts) == 1:
             return parts[0]
-        if tensor:
-            return self.graph.call_function(torch.cat, (parts, 0))
-        return self.graph.call_function(cat_rows, tuple(parts))
-
-    def _is_tensor(self, c: NodeClass) -> bool:
-        f, node = c.members[0]
-        return isinstance(self.analyses[f].facts[node].value, torch.Tensor)
+        layout = self.layout(pieces[0][1])
+        if isinstance(layout, Layout) and layout.outer == 1:
+            return self.graph.call_function(torch.cat, (parts, layout.dim))
+        return self.graph.call_function(cat_rows, (layout, *parts))
 
     # --- classes ----------------------------------------------------------------------------
 
     def argument(self, c: NodeClass, position: int, rep_arg: Any) -> Any:
-        group = self.group(c)
-        f0, _ = self.present_members(c)[0]
         if not isinstance(rep_arg, fx.Node):
             return rep_arg
-        verdict = self.analyses[f0].verdicts[rep_arg]
-        if verdict.role is Role.FOLDED:
-            return self.materialize(self.analyses[f0].facts[rep_arg].scalar, group)
-        pieces = [(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in self.present_members(c)]
-        if verdict.role is Role.CONST:
+        members = self.present_members(c)
+        f0, _ = members[0]
+        role = self.analyses[f0].verdicts[rep_arg].role
+        if role is Role.FOLDED:
+            return self.size(f0, rep_arg, self.group(c))
+        pieces = [(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in members]
+        if role is Role.CONST:
             return self.value[pieces[0][1].index]
-        return self.gather(pieces, self._is_tensor(pieces[0][1]))
+        return self.gather(pieces)
 
     def flat_args(self, node: fx.Node) -> list:
         if node not in self.flat:
@@ -156,16 +159,13 @@ class _Emitter:
         return [(f, n) for f, n in c.members if f in self.present]
 
     def attribute(self, obj: Any, wanted: str) -> str:
-        """A name in the new root for a module or tensor, reused when the object repeats."""
+        """A name in the new root for a tensor, reused when the object repeats."""
         if id(obj) in self.attr_names:
             return self.attr_names[id(obj)]
-        name, k = wanted.replace(".", "_"), 1
+        name, k = wanted, 1
         while hasattr(self.root, name):
-            name, k = f"{wanted.replace('.', '_')}_{k}", k + 1
-        if isinstance(obj, nn.Module):
-            self.root.add_module(name, obj)
-        else:
-            setattr(self.root, name, obj)
+            name, k = f"{wanted}_{k}", k + 1
+        setattr(self.root, name, obj)
         self.attr_names[id(obj)] = name
         return name
 
@@ -177,21 +177,21 @@ class _Emitter:
         if c.role is Role.INPUT:
             self.value[c.index] = self.inputs[(f0, rep)]
             return
-        gm = self.analyses[f0].gm
+        if rep.op == "get_attr":
+            target = self.attribute(fetch_attr(self.analyses[f0].gm, rep.target), rep.target)
+            self.value[c.index] = self.graph.get_attr(target)
+            return
         leaves, spec = pytree.tree_flatten((rep.args, rep.kwargs))
         args, kwargs = pytree.tree_unflatten([self.argument(c, i, a) for i, a in enumerate(leaves)], spec)
-        target = rep.target
-        if rep.op in ("call_module", "get_attr"):
-            target = self.attribute(gm.get_submodule(target) if rep.op == "call_module" else fetch_attr(gm, target), target)
         name = rep.name if c.shared or c.role is Role.CONST else f"f{f0}_{rep.name}"
-        self.value[c.index] = self.graph.create_node(rep.op, target, tuple(args), dict(kwargs), name=name)
+        self.value[c.index] = self.graph.create_node(rep.op, rep.target, tuple(args), dict(kwargs), name=name)
 
     def output_leaf(self, f: int, leaf: Any) -> Any:
         if not isinstance(leaf, fx.Node):
             return leaf
         analysis = self.analyses[f]
         if analysis.verdicts[leaf].role is Role.FOLDED:
-            return self.materialize(analysis.facts[leaf].scalar, (f,))
+            return self.size(f, leaf, (f,))
         source = self.class_of[(f, leaf)]
         if source.role is Role.CONST:
             return self.value[source.index]
@@ -205,8 +205,9 @@ class _Emitter:
         ]
         self.graph.output(tuple(outputs))
         self.graph.lint()
-        return fx.GraphModule(self.root, self.graph, class_name="RealignedGraph")
-
+        gm = fx.GraphModule(self.root, self.graph, class_name="RealignedGraph")
+        gm.meta["graft_values"] = {i: node.name for i, node in self.value.items()}
+        return gm
 
 
 def emit(analyses: list[Analysis], classes: list[NodeClass], present: frozenset[int]) -> fx.GraphModule:
@@ -216,6 +217,6 @@ def emit(analyses: list[Analysis], classes: list[NodeClass], present: frozenset[
     returns the flat output leaves of the present fragments, in order.
     """
     emitter = _Emitter(analyses, classes, present)
-    for c in classes:
+    for c in sorted(classes, key=_writes_back):  # stable: write-backs last, the rest in order
         emitter.emit(c)
     return emitter.finish()

@@ -1,42 +1,47 @@
-"""The batch-separability rule table, and the role each node plays in re-alignment.
+"""The batch-separability rule table over ATen ops, and the role each node plays in re-alignment.
 
-An op is *batch-separable* when row i of its output depends only on row i of its inputs (and on
-constants). Such ops give the same rows whether they run on one fragment's batch or on the rows
-of several fragments concatenated, so re-alignment may share them. Everything else stays in its
-fragment's private part.
+An op is *batch-separable* when the slice of its output that belongs to sample ``i`` depends
+only on sample ``i`` of its inputs (and on constants). Such an op gives the same rows whether it
+runs on one fragment's batch or on the rows of several fragments concatenated, so re-alignment
+may share it. Everything else stays in its fragment's private part.
 
-The table is data (in the style of tinygrad's rewrite rules): each op name or module type maps to
-a ``Rule`` whose ``check`` returns None when the op, with these arguments, is separable, or a
-reason why not. The facts from ``rows.py`` do half the work: a reshape or an expand whose output
-keeps the batch in dim 0 at two batch sizes is separable by construction, while one that hard-codes
-the batch size fails that test. The checks here cover what shapes cannot show: which dim a
-reduction, softmax or concatenation runs over, train-mode layers, and ops that permute rows.
-``keeps_rows`` marks ops that are not separable but keep exactly their input's rows (batch norm in
-training mode, softmax over dim 0): they stay private, yet their output may still be concatenated
-with other fragments' rows further down. Ops missing from the table are never shared, and neither
-is anything downstream of them that cannot be proven to keep the batch rows.
+The table is data (in the style of tinygrad's rewrite rules): each ATen op name (the overload
+packet, so ``aten.add.Tensor`` and ``aten.add.Scalar`` share one entry) maps to a ``Rule``: a
+check that reads the op's arguments as the schema orders them and returns the ``rows.Layout`` of
+the output (where its batch lives) with ``reason=None`` when the op is separable, or the reason
+why not. ``keeps`` marks ops that are not separable but keep each sample's rows where they were
+(batch norm with batch statistics, softmax over the batch, an op that uses the batch size as a
+value): they stay private, computed per fragment, and their output may be concatenated with
+other fragments' rows again further down. Each entry's ``why`` says what makes the op separable.
 
-Names cover torch functions, ``torch.nn.functional``, ``operator``, Tensor methods and the aten
-ops of exported programs; they agree on argument order for every entry used here (``input``
-first, then the op's own arguments), so one table serves all three graph dialects.
+Judged by what runs, not by what a module is called: batch norm is shared when its ``training``
+argument is literally False *and* running statistics are passed (``BatchNorm2d`` with
+``track_running_stats=False`` normalises with batch statistics even in eval mode); a reduction,
+softmax or norm by whether its dims, after normalisation (negative dims, lists, "all dims"),
+include the batch's dim; a size argument may hold the batch symbol only where the op makes a
+tensor of that many rows; any other use of the batch size as a value (``h / h.shape[0]``,
+``torch.full_like(h, h.size(0))``) makes the op private, computed per fragment. Unknown ops are
+private, and so is everything downstream of them that is not proven to carry rows.
+
+The symbolic shapes (``facts.py``) cross-check every verdict: a rule's layout must agree with the
+dim that the output's shape says holds the batch, or the op is kept private.
 """
 
 from __future__ import annotations
 
-import builtins
 import enum
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import sympy
 import torch
 import torch.fx as fx
-import torch.nn as nn
-import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
-from .rows import Facts, Kind
-
-_UNKNOWN = object()
+from .facts import Facts, Kind, hint
+from .rows import Layout
 
 
 class Role(enum.Enum):
@@ -46,6 +51,7 @@ class Role(enum.Enum):
     PRIVATE = "private"
     CONST = "const"
     FOLDED = "folded"
+    CHECK = "check"
 
 
 GATHERABLE = (Role.INPUT, Role.SHARED, Role.PRIVATE_ROWS)
@@ -53,60 +59,94 @@ GATHERABLE = (Role.INPUT, Role.SHARED, Role.PRIVATE_ROWS)
 
 @dataclass(frozen=True)
 class Verdict:
+    """A node's role, the layout of its rows (for gatherable roles) and why it is private."""
+
     role: Role
     reason: str = ""
+    layout: Any = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Result:
+    """What a rule says: the output's layout, and the reason the op is not separable (if any)."""
+
+    layout: Any = None
+    reason: str | None = None
+    keeps: bool = False
+
+
+BATCH_VALUE = object()
+"""Stands for an argument whose value depends on the batch size, in ``Site.lit``."""
+
+
 class Site:
-    """One node seen by a rule: its arguments, their facts, and its module if any."""
+    """One node as a rule sees it: arguments by schema position, their layouts and shapes."""
 
-    node: fx.Node
-    facts: dict[fx.Node, Facts]
-    module: nn.Module | None
+    def __init__(self, node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node, Verdict]):
+        self.node = node
+        self.facts = facts
+        self.verdicts = verdicts
+        schema = getattr(node.target, "_schema", None)
+        self.names = [a.name for a in schema.arguments] if schema else []
 
-    def arg(self, index: int, name: str | None = None, default: Any = None) -> Any:
+    def arg(self, index: int, default: Any = None) -> Any:
+        """Argument ``index`` of the schema, positional or keyword."""
         if index < len(self.node.args):
             return self.node.args[index]
-        return self.node.kwargs.get(name, default) if name else default
+        if index < len(self.names):
+            return self.node.kwargs.get(self.names[index], default)
+        return default
 
-    def literal(self, index: int, name: str | None = None, default: Any = None) -> Any:
-        """The argument's value when it is known at build time, else ``_UNKNOWN``."""
+    def lit(self, index: int, default: Any = None) -> Any:
+        """The argument's literal value; ``BATCH_VALUE`` in place of anything that depends on the
+        batch, and of tensors."""
 
         def value(a: Any) -> Any:
             if isinstance(a, fx.Node):
                 f = self.facts[a]
-                return f.scalar if f.kind is Kind.SCALAR else _UNKNOWN
+                if f.kind is not Kind.SCALAR:
+                    return BATCH_VALUE
+                s = f.scalar
+                if isinstance(s, sympy.Basic):
+                    return BATCH_VALUE if s.free_symbols else (int(s) if s.is_Integer else float(s))
+                return s
             if isinstance(a, (list, tuple)):
-                parts = [value(x) for x in a]
-                return _UNKNOWN if any(p is _UNKNOWN for p in parts) else type(a)(parts)
+                return type(a)(value(x) for x in a)
             return a
 
-        return value(self.arg(index, name, default))
+        return value(self.arg(index, default))
 
-    def rows_args(self) -> list[tuple[int, fx.Node]]:
-        """(position in args, node) for every argument that carries batch rows."""
+    def layout(self, a: Any) -> Any:
+        return self.verdicts[a].layout if isinstance(a, fx.Node) else None
+
+    def ndim(self, a: fx.Node) -> int:
+        return self.facts[a].value.dim()
+
+    def shape(self, a: fx.Node) -> tuple[int, ...]:
+        return tuple(int(hint(d)) for d in self.facts[a].value.shape)
+
+    def rows_args(self) -> list[tuple[int, fx.Node, Layout]]:
+        """(schema position, node, layout) of every tensor argument that carries rows."""
         found = []
-        for i, a in enumerate(self.node.args):
-            for n in _nodes_in(a):
-                if self.facts[n].kind is Kind.ROWS:
-                    found.append((i, n))
-        found += [(-1, n) for a in self.node.kwargs.values() for n in _nodes_in(a) if self.facts[n].kind is Kind.ROWS]
+        for i in range(max(len(self.node.args), len(self.names))):
+            for n in _nodes_in(self.arg(i)):
+                if isinstance(self.layout(n), Layout):
+                    found.append((i, n, self.layout(n)))
         return found
 
-    @property
-    def ndim(self) -> int:
-        """Rank of the first rows-carrying tensor argument."""
-        for _, n in self.rows_args():
-            v = self.facts[n].value
-            if isinstance(v, torch.Tensor):
-                return v.dim()
-        return 0
+    def batch_valued(self, sizes: tuple[int, ...]) -> list[int]:
+        """Positions outside ``sizes`` whose argument is a value that depends on the batch."""
+        return [i for i in range(max(len(self.node.args), len(self.names)))
+                if i not in sizes and any(self.facts[n].kind is Kind.SCALAR and _batch_dependent(self.facts[n])
+                                          for n in _nodes_in(self.arg(i)))]
 
     @property
-    def out_ndim(self) -> int:
-        v = self.facts[self.node].value
-        return v.dim() if isinstance(v, torch.Tensor) else 0
+    def out(self) -> Facts:
+        return self.facts[self.node]
+
+
+def _batch_dependent(f: Facts) -> bool:
+    return any(isinstance(s, sympy.Basic) and s.free_symbols for s in pytree.tree_leaves(f.scalar))
 
 
 def _nodes_in(a: Any) -> list[fx.Node]:
@@ -115,327 +155,573 @@ def _nodes_in(a: Any) -> list[fx.Node]:
     return found
 
 
-Check = Callable[[Site], "str | None"]
+def _dims(dims: Any, ndim: int) -> set[int] | None:
+    """Normalised dims (negative wrapped, int or list); None for "every dim" or unknown."""
+    if dims is None or dims is BATCH_VALUE:
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims or BATCH_VALUE in dims:
+        return None
+    return {d + ndim if d < 0 else d for d in dims}
+
+
+def _out_layout(site: Site) -> Layout | None:
+    """The layout the output's shape implies when its rows are all alike (filled, expanded)."""
+    f = site.out
+    return Layout(f.batch_dim, 1, f.factor) if f.kind is Kind.ROWS and f.is_tensor else None
+
+
+Check = Callable[[Site], Result]
 
 
 @dataclass(frozen=True)
 class Rule:
     check: Check
-    keeps_rows: bool = False
+    why: str
+    sizes: tuple[int, ...] = ()  # argument positions where the batch symbol may stand as a size
 
 
-# --- checks: each returns None when separable, else the reason ------------------------------
+def _private(reason: str, layout: Any = None) -> Result:
+    return Result(layout, reason, keeps=layout is not None)
 
 
-def always(site: Site) -> str | None:
-    return None
+# --- checks -----------------------------------------------------------------------------------
 
 
-def _norm(dim: Any, ndim: int) -> Any:
-    return dim + ndim if isinstance(dim, int) and dim < 0 else dim
-
-
-def _touches_batch(dims: Any, ndim: int, what: str) -> str | None:
-    if dims is _UNKNOWN:
-        return f"{what} is not known when the graph is built"
-    if dims is None:
-        return f"{what} covers every dim, the batch dim 0 included"
-    dims = dims if isinstance(dims, (list, tuple)) else [dims]
-    if any(_norm(d, ndim) == 0 for d in dims):
-        return f"{what} includes dim 0, the batch"
-    return None
-
-
-def over_dims(index: int, name: str, default: Any = None, rank_of_output: bool = False) -> Check:
-    """The op works along ``dims``; separable unless they include the batch dim."""
-
-    def check(site: Site) -> str | None:
-        ndim = site.out_ndim if rank_of_output else site.ndim
-        return _touches_batch(site.literal(index, name, default), ndim, f"its dim argument '{name}'")
-
-    return check
-
-
-def flag_false(index: int, name: str, default: Any, meaning: str) -> Check:
-    """Separable only when a boolean argument (``training=``) is literally False."""
-
-    def check(site: Site) -> str | None:
-        value = site.literal(index, name, default)
-        return None if value is False else f"it runs with {name}={value!r}: {meaning}"
-
-    return check
-
-
-def weights_constant(*positions: int) -> Check:
-    """Only the arguments at ``positions`` may carry rows; the rest are weights."""
-
-    def check(site: Site) -> str | None:
-        stray = [n.name for i, n in site.rows_args() if i not in positions]
-        return f"its weight arguments {stray} depend on the batch" if stray else None
-
-    return check
-
-
-def both(*checks: Check) -> Check:
-    def check(site: Site) -> str | None:
-        return next((r for r in (c(site) for c in checks) if r is not None), None)
-
-    return check
-
-
-def batched_operands(site: Site) -> str | None:
-    """matmul-like: fine with constant operands, or with per-sample (rank >= 3) batched ones."""
+def _first_rows(site: Site) -> tuple[fx.Node, Layout] | None:
     rows = site.rows_args()
-    if len(rows) <= 1:
-        return None
-    low = [n.name for _, n in rows if site.facts[n].value.dim() < 3]
-    return f"it multiplies rows of {low} with each other across the batch" if low else None
+    return (rows[0][1], rows[0][2]) if rows else None
 
 
-def flatten_check(site: Site) -> str | None:
-    start = site.literal(1, "start_dim", 0)
-    if start is _UNKNOWN or _norm(start, site.ndim) < 1:
-        return "it flattens the batch dim 0 into the others"
-    return None
+def pointwise(site: Site) -> Result:
+    """Elementwise with broadcasting: every rows argument puts its batch in one output dim."""
+    out_ndim = site.out.value.dim()
+    aligned = {(lay.dim + out_ndim - site.ndim(n), lay.outer, lay.inner) for _, n, lay in site.rows_args()}
+    if not aligned:
+        return Result(_out_layout(site))
+    if len(aligned) > 1:
+        return _private("its inputs hold the batch in different dims, so rows would pair up wrongly")
+    dim, outer, inner = aligned.pop()
+    return Result(Layout(dim, outer, inner))
 
 
-def permute_check(site: Site) -> str | None:
-    dims = site.literal(1, "dims")
-    if isinstance(dims, int):  # x.permute(0, 2, 1): dims spread over the arguments
-        dims = tuple(site.literal(i) for i in range(1, len(site.node.args)))
-    if dims is _UNKNOWN or _UNKNOWN in dims or _norm(dims[0], site.ndim) != 0:
-        return "it moves the batch dim away from dim 0"
-    return None
+def batch_dim_zero(site: Site) -> Result:
+    """Convolutions, pooling, channel norms: the batch must be dim 0 alone of the first input."""
+    first = site.arg(0)
+    lay = site.layout(first)
+    stray = [n.name for i, n, _ in site.rows_args() if i != 0]
+    if stray:
+        return _private(f"its weight arguments {stray} depend on the batch")
+    if lay != Layout(0):
+        return _private(f"it expects the batch in dim 0, but its input holds it as {lay}")
+    return Result(_per_output(site, Layout(0)))
 
 
-def transpose_check(site: Site) -> str | None:
-    return _touches_batch([site.literal(1, "dim0"), site.literal(2, "dim1")], site.ndim, "the swapped dims")
+def _per_output(site: Site, layout: Layout) -> Any:
+    """A layout for each tensor of a tuple output: ``layout`` where the shape has the batch."""
+    parts = site.out.parts
+    if parts is None:
+        return layout
+    return tuple(layout.moved(p.batch_dim) if p.kind is Kind.ROWS else None for p in parts)
 
 
-def unsqueeze_check(site: Site) -> str | None:
-    return _touches_batch(site.literal(1, "dim"), site.out_ndim, "the new dim")
+def weights_const(*rows_positions: int) -> Check:
+    def check(site: Site) -> Result:
+        stray = [n.name for i, n, _ in site.rows_args() if i not in rows_positions]
+        return _private(f"its weight arguments {stray} depend on the batch") if stray else Result()
+    return check
 
 
-def squeeze_check(site: Site) -> str | None:
-    dim = site.literal(1, "dim")
-    if dim is None:
-        return "squeeze() without a dim removes the batch dim when the batch has one row"
-    return _touches_batch(dim, site.ndim, "the squeezed dim")
+def linear(site: Site) -> Result:
+    """``linear(x, w, b)`` contracts x's last dim: the batch may be in any other."""
+    bad = weights_const(0)(site)
+    if bad.reason:
+        return bad
+    x = site.arg(0)
+    lay = site.layout(x)
+    if lay.dim == site.ndim(x) - 1:
+        return _private("the batch is in the last dim, which it contracts")
+    return Result(lay)
 
 
-def getitem_check(site: Site) -> str | None:
-    """Indexing a tuple is structural; indexing a tensor must leave dim 0 whole."""
-    container = site.arg(0)
-    if not isinstance(site.facts[container].value, torch.Tensor):
-        return None
-    index = site.arg(1)
-    first = index[0] if isinstance(index, tuple) and index else index
-    if isinstance(first, slice) and first == slice(None):
-        return None
-    return "it indexes the batch dim 0"
+def batch_norm(site: Site) -> Result:
+    """``batch_norm(x, w, b, running_mean, running_var, training, ...)``."""
+    if site.lit(5) is not False or site.arg(3) is None:
+        return _private("it normalises with the statistics of the batch (training=True or no running "
+                        "statistics, as BatchNorm with track_running_stats=False)", site.layout(site.arg(0)))
+    return batch_dim_zero(site)
 
 
-def pad_check(site: Site) -> str | None:
-    pad = site.literal(1, "pad")
-    if pad is _UNKNOWN or len(pad) // 2 >= site.ndim:
-        return "it pads the batch dim 0"
-    return None
+def training_flag(position: int) -> Check:
+    """Dropout: an identity when its ``train`` argument is literally False."""
+    def check(site: Site) -> Result:
+        if site.lit(position) is not False:
+            return _private("it draws a random mask in training mode", site.layout(site.arg(0)))
+        return pointwise(site)
+    return check
 
 
-def max_min_check(site: Site) -> str | None:
-    other = site.arg(1, "other")
-    if isinstance(other, fx.Node) and site.facts[other].is_tensor:
-        return None  # torch.max(a, b): elementwise
-    return over_dims(1, "dim")(site)
+def along(dim_position: int, default: Any = None, keepdim_position: int | None = None, keeps: bool = True) -> Check:
+    """Ops along ``dims`` (softmax, cumsum, reductions): separable unless the batch's dim is one.
+
+    Reductions (``keepdim_position`` given) drop their dims unless keepdim; ``keeps`` says that an
+    op over the batch still keeps each sample's rows in place (softmax) rather than reducing them.
+    """
+    def check(site: Site) -> Result:
+        x = site.arg(0)
+        lay = site.layout(x)
+        dims = _dims(site.lit(dim_position, default), site.ndim(x))
+        if dims is None or lay.dim in dims:
+            reason = "it works along the batch's dim" if dims is not None else "it works along every dim, the batch's included"
+            return _private(reason, lay if keeps else None)
+        if keepdim_position is not None and not site.lit(keepdim_position, False):
+            return Result(_per_output(site, lay.moved(lay.dim - sum(d < lay.dim for d in dims))))
+        return Result(_per_output(site, lay))
+    return check
 
 
-_SAFE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "mT", "real", "imag"}
+def norm_last_dims(shape_position: int) -> Check:
+    """``layer_norm(x, normalized_shape, ...)``: normalises the last dims, not the batch's."""
+    def check(site: Site) -> Result:
+        bad = weights_const(0)(site)
+        if bad.reason:
+            return bad
+        x = site.arg(0)
+        lay = site.layout(x)
+        shape = site.lit(shape_position)
+        if BATCH_VALUE in pytree.tree_leaves(shape) or lay.dim >= site.ndim(x) - len(shape):
+            return _private("it normalises over the batch's dim too", lay)
+        return Result(_per_output(site, lay))
+    return check
 
 
-def getattr_check(site: Site) -> str | None:
-    return None if site.arg(1) in _SAFE_ATTRIBUTES else f"attribute {site.arg(1)!r} is not known to keep rows"
+def _reshaped(site: Site, x: fx.Node) -> Result:
+    """A pure reshape keeps sample i's elements together iff, in row-major order, the elements
+    before the batch and the elements after it are the same in number on both sides."""
+    lay = site.layout(x)
+    out = site.out
+    if out.kind is not Kind.ROWS:
+        return _private("it mixes the batch with other dims")
+    shape_in, shape_out = site.shape(x), tuple(int(hint(d)) for d in out.value.shape)
+    before_in = math.prod(shape_in[: lay.dim]) * lay.outer
+    after_in = lay.inner * math.prod(shape_in[lay.dim + 1:])
+    after_out_dims = math.prod(shape_out[out.batch_dim + 1:])
+    if after_out_dims == 0 or after_in % after_out_dims:
+        return _private("it splits a sample's elements across the batch's dim")
+    inner = after_in // after_out_dims
+    if inner == 0 or out.factor % inner:
+        return _private("it splits a sample's elements across the batch's dim")
+    outer = out.factor // inner
+    if math.prod(shape_out[: out.batch_dim]) * outer != before_in:
+        return _private("it mixes the batch with other dims")
+    return Result(Layout(out.batch_dim, outer, inner))
 
 
-def module_eval(site: Site) -> str | None:
-    if site.module.training:
-        return f"{type(site.module).__name__} in training mode mixes or randomizes the rows of a batch"
-    return None
+def reshape(site: Site) -> Result:
+    x = site.arg(0)
+    if not isinstance(site.layout(x), Layout):
+        return Result(_out_layout(site))  # a constant reshaped to a batch of equal rows
+    return _reshaped(site, x)
 
 
-def module_dim(site: Site) -> str | None:
-    return _touches_batch(site.module.dim, site.ndim, f"{type(site.module).__name__}.dim")
+def squeeze(site: Site) -> Result:
+    """Squeezing a size-1 dim is a reshape, unless the batch's dim could be the one (1 row)."""
+    x = site.arg(0)
+    lay = site.layout(x)
+    dims = _dims(site.lit(1), site.ndim(x))
+    may_vanish = lay.outer * lay.inner == 1 and (dims is None or lay.dim in dims)
+    if may_vanish:
+        return _private("it removes the batch's dim when the batch has one row", None)
+    return _reshaped(site, x)
 
 
-def module_flatten(site: Site) -> str | None:
-    return None if _norm(site.module.start_dim, site.ndim) >= 1 else "it flattens the batch dim 0"
+def expand(site: Site) -> Result:
+    """``expand(x, size)``: new leading dims and size-1 dims broadcast; the batch's dim stays."""
+    x = site.arg(0)
+    lay = site.layout(x)
+    if not isinstance(lay, Layout):
+        return Result(_out_layout(site))
+    return Result(lay.moved(lay.dim + site.out.value.dim() - site.ndim(x)))
 
 
-def module_batch_first(site: Site) -> str | None:
-    if not getattr(site.module, "batch_first", False):
-        return f"{type(site.module).__name__} has batch_first=False: its batch is not dim 0"
-    return module_eval(site)
+def permute(site: Site) -> Result:
+    x = site.arg(0)
+    lay = site.layout(x)
+    dims = site.lit(1)
+    ndim = site.ndim(x)
+    order = [d + ndim if d < 0 else d for d in dims]
+    return Result(lay.moved(order.index(lay.dim)))
 
 
-def module_running_stats(site: Site) -> str | None:
-    return module_eval(site) if site.module.track_running_stats else None
+def transpose(site: Site) -> Result:
+    x = site.arg(0)
+    lay = site.layout(x)
+    ndim = site.ndim(x)
+    a, b = ((d + ndim if d < 0 else d) for d in (site.lit(1, 0), site.lit(2, 1)))
+    return Result(lay.moved(b if lay.dim == a else a if lay.dim == b else lay.dim))
 
 
-ELEMENTWISE = Rule(always)
-ROW_OP = Rule(weights_constant(0))
+def select(site: Site) -> Result:
+    """``select``/``unbind`` over another dim drop it; over the batch's dim they pick samples."""
+    x = site.arg(0)
+    lay = site.layout(x)
+    dim = _dims(site.lit(1, 0), site.ndim(x))
+    if dim is None or lay.dim in dim:
+        return _private("it picks samples out of the batch")
+    moved = lay.moved(lay.dim - (min(dim) < lay.dim))
+    return Result(_per_output(site, moved) if site.out.parts is None else tuple(moved for _ in site.out.parts))
 
-ELEMENTWISE_NAMES = """
-abs neg exp log log1p sqrt rsqrt sin cos tanh sigmoid relu relu_ relu6 gelu silu mish elu selu celu
-leaky_relu hardtanh hardswish hardsigmoid softplus softsign erf sign square reciprocal logical_not
-add sub mul div truediv floordiv true_divide pow mod fmod remainder maximum minimum clamp clamp_min
-clamp_max where masked_fill lt le gt ge eq ne and_ or_ logical_and logical_or bitwise_and bitwise_or
-contiguous clone detach to float half bfloat16 double type type_as zeros_like ones_like full_like
-view reshape view_as reshape_as _unsafe_view expand expand_as repeat alias lift_fresh_copy
-zeros ones full new_zeros new_ones new_full addcmul addcdiv lerp
-size dim sym_size sym_numel _assert _assert_scalar _assert_async
+
+def along_keep(dim_position: int, default: Any = 0) -> Check:
+    """Slicing, narrowing, splitting, concatenating along a dim other than the batch's."""
+    def check(site: Site) -> Result:
+        rows = site.rows_args()
+        layouts = {lay for _, _, lay in rows}
+        if len(layouts) != 1:
+            return _private("its inputs hold the batch in different places")
+        lay = layouts.pop()
+        first = rows[0][1]
+        dims = _dims(site.lit(dim_position, default), site.ndim(first))
+        if dims is None or lay.dim in dims:
+            return _private("it slices, splits or joins along the batch's dim")
+        if site.out.parts is not None:
+            return Result(tuple(lay for _ in site.out.parts))
+        return Result(lay)
+    return check
+
+
+def slice_rule(site: Site) -> Result:
+    """``slice(x, dim, start, end, step)``: along another dim, or the whole batch."""
+    x = site.arg(0)
+    lay = site.layout(x)
+    dim = _dims(site.lit(1, 0), site.ndim(x))
+    if dim is not None and lay.dim not in dim:
+        return Result(lay)
+    start, end, step = site.lit(2), site.lit(3), site.lit(4, 1)
+    if start in (None, 0) and step == 1 and isinstance(end, int) and end >= 2**62:
+        return Result(lay)
+    return _private("it slices the batch's dim")
+
+
+def stack(site: Site) -> Result:
+    rows = site.rows_args()
+    layouts = {lay for _, _, lay in rows}
+    tensors = site.arg(0)
+    if len(layouts) != 1 or len(rows) != len(tensors):
+        return _private("it stacks tensors that do not all hold the batch in one place")
+    lay = layouts.pop()
+    dim = site.lit(1, 0)
+    dim = dim + site.out.value.dim() if dim < 0 else dim
+    return Result(lay.moved(lay.dim + (dim <= lay.dim)))
+
+
+def padding(site: Site) -> Result:
+    """``constant_pad_nd(x, pad, value)`` and friends pad the last ``len(pad) // 2`` dims."""
+    x = site.arg(0)
+    lay = site.layout(x)
+    pad = site.lit(1)
+    if BATCH_VALUE in pytree.tree_leaves(pad) or lay.dim >= site.ndim(x) - len(pad) // 2:
+        return _private("it pads the batch's dim")
+    return Result(lay)
+
+
+def repeat(site: Site) -> Result:
+    x = site.arg(0)
+    lay = site.layout(x)
+    reps = site.lit(1)
+    dim = lay.dim + len(reps) - site.ndim(x)
+    if BATCH_VALUE in reps or reps[dim] != 1:
+        return _private("it repeats the batch's dim")
+    return Result(lay.moved(dim))
+
+
+def matmul(site: Site) -> Result:
+    """``matmul(a, b)``: the batch in a broadcast (leading) dim of both, or in ``a``'s rows (or
+    ``b``'s columns) against a constant other operand; never in the contracted dim."""
+    a, b = site.arg(0), site.arg(1)
+    out_ndim = site.out.value.dim()
+    placed = set()
+    for operand, which in ((a, 0), (b, 1)):
+        lay = site.layout(operand)
+        if not isinstance(lay, Layout):
+            continue
+        nd = site.ndim(operand)
+        other_rows = isinstance(site.layout(b if which == 0 else a), Layout)
+        if nd >= 3 and lay.dim < nd - 2:
+            placed.add((lay.dim + out_ndim - nd, lay.outer, lay.inner))
+        elif which == 0 and nd >= 2 and lay.dim == nd - 2 and not other_rows:
+            placed.add((out_ndim - 2, lay.outer, lay.inner))
+        elif which == 1 and nd >= 2 and lay.dim == nd - 1 and not other_rows:
+            placed.add((out_ndim - 1, lay.outer, lay.inner))
+        else:
+            return _private("it contracts or mixes the batch's dim")
+    if len(placed) != 1:
+        return _private("its operands hold the batch in different dims")
+    dim, outer, inner = placed.pop()
+    return Result(Layout(dim, outer, inner))
+
+
+def addmm(site: Site) -> Result:
+    """``addmm(bias, a, b)``: rows of ``a`` times a constant ``b``."""
+    stray = [n.name for i, n, _ in site.rows_args() if i != 1]
+    if stray:
+        return _private(f"its arguments {stray} other than the rows depend on the batch")
+    lay = site.layout(site.arg(1))
+    return Result(lay) if lay.dim == 0 else _private("it contracts the batch's dim")
+
+
+def attention(site: Site) -> Result:
+    """``scaled_dot_product_attention(q, k, v, mask, dropout_p, ...)``: per sample when q, k, v
+    (and a mask that carries rows) hold the batch in one leading dim, with no dropout."""
+    if site.lit(4, 0.0) not in (0, 0.0):
+        return _private("it drops attention weights at random")
+    q = site.arg(0)
+    nd = site.ndim(q)
+    layouts = {(lay.dim + nd - site.ndim(n), lay.outer, lay.inner) for _, n, lay in site.rows_args()}
+    positions = {i for i, _, _ in site.rows_args()}
+    if len(layouts) != 1 or not {0, 1, 2} <= positions:
+        return _private("its query, key and value do not all hold the batch in one dim")
+    dim, outer, inner = layouts.pop()
+    if dim >= nd - 2:
+        return _private("the batch is in a dim it attends over")
+    return Result(Layout(dim, outer, inner))
+
+
+def rnn(hidden_is_list: bool) -> Check:
+    """``lstm/gru.input(x, hx, params, has_biases, layers, dropout, train, bidirectional,
+    batch_first)``: per sample when x holds the batch in dim 0 (batch_first) or 1, the hidden
+    state in dim 1, and no dropout runs."""
+    def check(site: Site) -> Result:
+        if site.lit(6) is not False and site.lit(5) not in (0, 0.0):
+            return _private("it applies dropout between layers in training mode")
+        x_dim = 0 if site.lit(8) else 1
+        states = _nodes_in(site.arg(1))
+        if site.layout(site.arg(0)) != Layout(x_dim) or any(site.layout(h) != Layout(1) for h in states):
+            return _private("its input or hidden state does not hold the batch where the RNN reads it")
+        stray = [n.name for i, n, _ in site.rows_args() if i not in (0, 1)]
+        if stray:
+            return _private(f"its weights {stray} depend on the batch")
+        return Result((Layout(x_dim), *([Layout(1)] * (2 if hidden_is_list else 1))))
+    return check
+
+
+def embedding(site: Site) -> Result:
+    """``embedding(weight, indices)``: the output holds the batch where the indices do."""
+    bad = weights_const(1)(site)
+    return bad if bad.reason else Result(site.layout(site.arg(1)))
+
+
+def fill(site: Site) -> Result:
+    """Tensors filled with constants: every row alike, so any layout of their batch is right."""
+    return Result(_out_layout(site))
+
+
+def per_fragment(why: str) -> Check:
+    """Ops that are not separable but keep each sample's rows in place."""
+    def check(site: Site) -> Result:
+        first = _first_rows(site)
+        return _private(why, _out_layout(site) if first is None else first[1])
+    return check
+
+
+def random_op(site: Site) -> Result:
+    return _private("it draws random numbers", None)
+
+
+def getitem(site: Site) -> Result:
+    """An element of a tuple output: its layout is that element's."""
+    container, index = site.arg(0), site.arg(1)
+    lay = site.layout(container)
+    if isinstance(lay, tuple) and isinstance(index, int):
+        return Result(lay[index]) if lay[index] is not None else Result()
+    return _private("it indexes a value that is not a tuple of rows")
+
+
+# --- the table --------------------------------------------------------------------------------
+
+POINTWISE_OPS = """
+abs neg exp exp2 expm1 log log2 log10 log1p sqrt rsqrt sin cos tan tanh sinh cosh asin acos atan
+sigmoid logit relu relu6 gelu silu mish elu selu celu leaky_relu hardtanh hardswish hardsigmoid
+softplus softshrink hardshrink sign sgn square reciprocal erf erfc erfinv floor ceil round trunc frac
+logical_not bitwise_not isnan isinf isfinite nan_to_num
+add sub rsub mul div true_divide floor_divide pow remainder fmod maximum minimum fmax fmin atan2
+clamp clamp_min clamp_max clip where masked_fill lerp addcmul addcdiv hypot xlogy copysign
+lt le gt ge eq ne logical_and logical_or logical_xor bitwise_and bitwise_or bitwise_xor
+to _to_copy type_as clone contiguous detach alias lift_fresh_copy copy positive
 """.split()
 
-ROW_OP_NAMES = """
-conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d convolution _convolution
-linear layer_norm native_layer_norm group_norm native_group_norm instance_norm rms_norm
-max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices
+FILL_OPS = "zeros ones full empty".split()
+NEW_FILL_OPS = "new_zeros new_ones new_full new_empty".split()
+LIKE_FILL_OPS = "zeros_like ones_like full_like empty_like".split()
+
+DIM0_OPS = """
+conv1d conv2d conv3d convolution _convolution conv_transpose1d conv_transpose2d conv_transpose3d
+max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
 avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
 _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d
-interpolate upsample upsample_nearest2d upsample_bilinear2d pixel_shuffle pixel_unshuffle embedding
-_native_batch_norm_legit_no_training
+upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_bicubic2d
+upsample_linear1d upsample_trilinear3d _upsample_nearest_exact2d _upsample_bilinear2d_aa
+prelu _prelu_kernel pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle group_norm instance_norm
+_native_batch_norm_legit_no_training reflection_pad1d reflection_pad2d reflection_pad3d
+replication_pad1d replication_pad2d replication_pad3d
 """.split()
 
-FUNCTION_RULES: dict[str, Rule] = {
-    **{n: ELEMENTWISE for n in ELEMENTWISE_NAMES},
-    **{n: ROW_OP for n in ROW_OP_NAMES},
-    "getitem": Rule(getitem_check),
-    "getattr": Rule(getattr_check),
-    "batch_norm": Rule(both(weights_constant(0), flag_false(5, "training", False, "batch statistics mix rows")), keeps_rows=True),
-    "dropout": Rule(flag_false(2, "training", True, "random masks differ per run"), keeps_rows=True),
-    "addmm": Rule(weights_constant(1)),
-    "matmul": Rule(batched_operands),
-    "bmm": Rule(batched_operands),
-    "scaled_dot_product_attention": Rule(batched_operands),
-    "softmax": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "log_softmax": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "_softmax": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "_log_softmax": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "cumsum": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "cumprod": Rule(over_dims(1, "dim"), keeps_rows=True),
-    "flip": Rule(over_dims(1, "dims"), keeps_rows=True),
-    "normalize": Rule(both(weights_constant(0), over_dims(2, "dim", 1))),
-    **{n: Rule(over_dims(1, "dim")) for n in "mean sum amax amin prod std var logsumexp argmax argmin all any norm".split()},
-    "max": Rule(max_min_check),
-    "min": Rule(max_min_check),
-    **{n: Rule(over_dims(1, "dim", 0)) for n in ("cat", "concat", "concatenate", "unbind", "select", "slice", "narrow")},
-    **{n: Rule(over_dims(2, "dim", 0)) for n in ("chunk", "split", "tensor_split", "split_with_sizes")},
-    "stack": Rule(over_dims(1, "dim", 0, rank_of_output=True)),
-    "unflatten": Rule(over_dims(1, "dim")),
-    "flatten": Rule(flatten_check),
-    "permute": Rule(permute_check),
-    "transpose": Rule(transpose_check),
-    "swapaxes": Rule(transpose_check),
-    "unsqueeze": Rule(unsqueeze_check),
-    "squeeze": Rule(squeeze_check),
-    "pad": Rule(pad_check),
+RESHAPE_OPS = "view reshape _unsafe_view unflatten flatten unsqueeze view_as reshape_as".split()
+
+REDUCTIONS = {  # name: (dims position, default dims, keepdim position)
+    "sum": (1, None, 2), "mean": (1, None, 2), "amax": (1, (), 2), "amin": (1, (), 2),
+    "prod": (1, None, 2), "logsumexp": (1, None, 2), "argmax": (1, None, 2), "argmin": (1, None, 2),
+    "all": (1, None, 2), "any": (1, None, 2), "max": (1, None, 2), "min": (1, None, 2),
+    "std": (1, None, 3), "var": (1, None, 3), "var_mean": (1, None, 3), "std_mean": (1, None, 3),
+    "linalg_vector_norm": (2, None, 3), "norm": (2, None, 3), "median": (1, None, 2),
 }
 
-MODULE_RULES: dict[type, Rule] = {
-    **{t: ELEMENTWISE for t in (
-        nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.CELU,
-        nn.LeakyReLU, nn.PReLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
-        nn.Softplus, nn.Softsign)},
-    **{t: ROW_OP for t in (
-        nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-        nn.Linear, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Embedding,
-        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-        nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
-        nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-        nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d)},
-    nn.Bilinear: Rule(weights_constant(0, 1)),
-    **{t: Rule(module_eval, keeps_rows=True) for t in (
-        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-        nn.Dropout3d, nn.AlphaDropout)},
-    **{t: Rule(module_running_stats, keeps_rows=True) for t in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
-    nn.Softmax: Rule(module_dim, keeps_rows=True),
-    nn.LogSoftmax: Rule(module_dim, keeps_rows=True),
-    nn.Flatten: Rule(module_flatten),
-    nn.MultiheadAttention: Rule(module_batch_first, keeps_rows=True),
-    nn.TransformerEncoderLayer: Rule(module_batch_first, keeps_rows=True),
+ALONG_OPS = {  # name: dims position; keeps each sample's rows even along the batch
+    "softmax": 1, "log_softmax": 1, "_softmax": 1, "_log_softmax": 1, "cumsum": 1, "cumprod": 1,
+    "logcumsumexp": 1, "flip": 1, "roll": 2, "sort": 1, "topk": 2,
 }
 
-_NAMESPACES = (torch, F, operator, builtins, torch.Tensor)
+CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
+          "sym_constrain_range_for_size", "_assert"}
+"""Runtime checks that export inserts: run per fragment, never shared, never reported."""
+
+RULES: dict[str, Rule] = {
+    **{n: Rule(pointwise, "elementwise: output element i reads input elements i") for n in POINTWISE_OPS},
+    **{n: Rule(fill, "filled with constants: all rows alike", sizes=(0,)) for n in FILL_OPS},
+    **{n: Rule(fill, "filled with constants: all rows alike", sizes=(1,)) for n in NEW_FILL_OPS},
+    **{n: Rule(fill, "filled with constants: all rows alike") for n in LIKE_FILL_OPS},
+    **{n: Rule(batch_dim_zero, "works within each sample of dim 0") for n in DIM0_OPS},
+    **{n: Rule(reshape, "a reshape that keeps each sample's elements contiguous", sizes=(1, 2)) for n in RESHAPE_OPS},
+    **{n: Rule(along(p, d, k, keeps=False), "reduces dims other than the batch's") for n, (p, d, k) in REDUCTIONS.items()},
+    **{n: Rule(along(p), "works along a dim other than the batch's") for n, p in ALONG_OPS.items()},
+    "native_group_norm": Rule(batch_dim_zero, "normalises within each sample", sizes=(3,)),
+    "embedding": Rule(embedding, "looks up each index on its own"),
+    "linear": Rule(linear, "contracts the last dim with constant weights"),
+    "batch_norm": Rule(batch_norm, "normalises with running statistics (training=False)"),
+    "dropout": Rule(training_flag(2), "the identity when train=False"),
+    "native_dropout": Rule(training_flag(2), "the identity when train=False"),
+    "feature_dropout": Rule(training_flag(2), "the identity when train=False"),
+    "alpha_dropout": Rule(training_flag(2), "the identity when train=False"),
+    "layer_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
+    "native_layer_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
+    "rms_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
+    "squeeze": Rule(squeeze, "removes size-1 dims other than the batch's"),
+    "expand": Rule(expand, "broadcasts dims other than the batch's", sizes=(1,)),
+    "expand_as": Rule(expand, "broadcasts dims other than the batch's"),
+    "permute": Rule(permute, "moves dims; the batch's dim moves with them"),
+    "transpose": Rule(transpose, "swaps two dims; the batch's dim moves with them"),
+    "swapaxes": Rule(transpose, "swaps two dims; the batch's dim moves with them"),
+    "t": Rule(lambda s: Result(s.layout(s.arg(0)).moved(1 - s.layout(s.arg(0)).dim)), "transposes a matrix"),
+    "select": Rule(select, "picks along a dim other than the batch's"),
+    "unbind": Rule(select, "splits along a dim other than the batch's"),
+    "slice": Rule(slice_rule, "slices a dim other than the batch's", sizes=(2, 3)),
+    "narrow": Rule(along_keep(1), "narrows a dim other than the batch's"),
+    "glu": Rule(along_keep(1, -1), "halves a dim other than the batch's"),
+    "split": Rule(along_keep(2), "splits a dim other than the batch's"),
+    "split_with_sizes": Rule(along_keep(2), "splits a dim other than the batch's"),
+    "chunk": Rule(along_keep(2), "splits a dim other than the batch's"),
+    "tensor_split": Rule(along_keep(2), "splits a dim other than the batch's"),
+    "cat": Rule(along_keep(1), "joins along a dim other than the batch's"),
+    "concat": Rule(along_keep(1), "joins along a dim other than the batch's"),
+    "stack": Rule(stack, "stacks samples' tensors in a new dim"),
+    "constant_pad_nd": Rule(padding, "pads dims other than the batch's"),
+    "pad": Rule(padding, "pads dims other than the batch's"),
+    "repeat": Rule(repeat, "repeats dims other than the batch's"),
+    "matmul": Rule(matmul, "multiplies within each sample, or rows by a constant"),
+    "bmm": Rule(matmul, "multiplies within each sample"),
+    "mm": Rule(matmul, "multiplies rows by a constant matrix"),
+    "addmm": Rule(addmm, "multiplies rows by a constant matrix"),
+    "scaled_dot_product_attention": Rule(attention, "attends within each sample"),
+    "lstm": Rule(rnn(True), "runs each sample's sequence on its own"),
+    "gru": Rule(rnn(False), "runs each sample's sequence on its own"),
+    "getitem": Rule(getitem, "takes one element of a tuple"),
+    "arange": Rule(per_fragment("it numbers the samples of the batch"), "", sizes=()),
+    **{n: Rule(random_op, "") for n in ("rand", "randn", "rand_like", "randn_like", "randint", "randint_like",
+                                       "bernoulli", "multinomial", "normal", "uniform", "randperm")},
+}
+
+
+# --- roles ------------------------------------------------------------------------------------
 
 
 def op_name(node: fx.Node) -> str | None:
-    """The table name of a call_function / call_method target, or None if it is not a known op.
-
-    A function counts only when it *is* the object of that name in torch, torch.nn.functional,
-    operator or builtins (a user's own ``relu`` does not), or an aten op.
-    """
+    """The table name of a node's target: the ATen op's name without namespace or overload
+    (``getitem`` for ``operator.getitem``); None for anything else."""
     target = node.target
-    if node.op == "call_method":
-        return target
-    if isinstance(target, torch._ops.OpOverload):
-        return target._opname if target.namespace == "aten" else None
-    name = getattr(target, "__name__", None)
-    if name and any(getattr(ns, name, None) is target for ns in _NAMESPACES):
-        return name.rstrip("_") if name in ("and_", "or_") else name
+    if target is operator.getitem:
+        return "getitem"
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None and getattr(target, "namespace", None) == "aten":
+        return packet.__name__
     return None
 
 
-def describe(node: fx.Node, module: nn.Module | None) -> str:
-    if module is not None:
-        return f"{type(module).__name__} ({node.target})"
+def describe(node: fx.Node) -> str:
     name = op_name(node)
-    return name if name else getattr(node.target, "__name__", str(node.target))
+    return f"aten.{name}" if name and name != "getitem" else name or getattr(node.target, "__name__", str(node.target))
 
 
-def _rule(node: fx.Node, module: nn.Module | None) -> Rule | None:
-    if module is not None:
-        return MODULE_RULES.get(type(module))
-    name = op_name(node)
-    return FUNCTION_RULES.get(name) if name else None
+def _impure(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return bool(schema is not None and schema.is_mutable)
 
 
-def _is_assert(node: fx.Node) -> bool:
-    return node.op == "call_function" and op_name(node) in ("_assert", "_assert_scalar", "_assert_async")
+def _nondeterministic(node: fx.Node) -> bool:
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
 
 
 def roles(gm: fx.GraphModule, facts: dict[fx.Node, Facts]) -> dict[fx.Node, Verdict]:
     """The role of every node, decided in graph order from its facts, rule and inputs."""
     verdicts: dict[fx.Node, Verdict] = {}
     for node in gm.graph.nodes:
-        if node.op == "output":
-            continue
-        if node.op == "placeholder":
-            verdicts[node] = Verdict(Role.INPUT)
-            continue
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        verdicts[node] = _verdict(node, module, facts, verdicts)
+        if node.op != "output":
+            verdicts[node] = _verdict(node, facts, verdicts)
     return verdicts
 
 
-def _verdict(node: fx.Node, module: nn.Module | None, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node, Verdict]) -> Verdict:
+def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node, Verdict]) -> Verdict:
     f = facts[node]
-    what = describe(node, module)
-    rule = _rule(node, module)
+    what = describe(node)
+    name = op_name(node)
+    if node.op == "placeholder":
+        return Verdict(Role.INPUT, layout=Layout(0))
     if node.op == "get_attr":
-        return Verdict(Role.CONST) if f.kind is Kind.CONST else Verdict(Role.PRIVATE, f"{what}: not a tensor constant")
-    unproven = [a.name for a in node.all_input_nodes if verdicts[a].role is Role.PRIVATE]
-    if rule is None:
-        return Verdict(Role.PRIVATE, f"{what}: not in the batch-separability rule table")
-    if unproven:
-        return Verdict(Role.PRIVATE, f"{what}: its input {unproven[0]} is private and not proven to keep the batch rows")
-    if node.is_impure() and not _is_assert(node):
-        return Verdict(Role.PRIVATE, f"{what}: has side effects")
+        return Verdict(Role.CONST)
+    if name in CHECKS:
+        return Verdict(Role.CHECK)
+    if _impure(node):
+        return Verdict(Role.PRIVATE, f"{what}: it mutates a tensor")
     if f.kind is Kind.CONST:
+        if _nondeterministic(node):
+            return Verdict(Role.PRIVATE, f"{what}: it draws random numbers")
         return Verdict(Role.CONST)
     if f.kind is Kind.SCALAR:
         return Verdict(Role.FOLDED)
-    reason = rule.check(Site(node, facts, module))
-    if f.kind is Kind.OTHER:
-        return Verdict(Role.PRIVATE, f"{what}: {reason or 'its output does not keep the batch in dim 0'}")
-    if reason is None:
-        return Verdict(Role.SHARED)
-    return Verdict(Role.PRIVATE_ROWS if rule.keeps_rows else Role.PRIVATE, f"{what}: {reason}")
+    unproven = [a.name for a in node.all_input_nodes if verdicts[a].role in (Role.PRIVATE, Role.CHECK)]
+    if unproven:
+        return Verdict(Role.PRIVATE, f"{what}: its input {unproven[0]} is private and not proven to carry the batch rows")
+    rule = RULES.get(name) if name else None
+    if rule is None:
+        return Verdict(Role.PRIVATE, f"{what}: not in the batch-separability rule table")
+    site = Site(node, facts, verdicts)
+    result = rule.check(site)
+    valued = site.batch_valued(rule.sizes)
+    if result.reason is None and valued:
+        result = _private(f"it uses the batch size as a value (argument {valued[0]})", result.layout)
+    if not _agrees(result.layout, f):
+        return Verdict(Role.PRIVATE, f"{what}: {result.reason or 'its output does not keep the batch rows'}")
+    if result.reason is None:
+        return Verdict(Role.SHARED, layout=result.layout)
+    role = Role.PRIVATE_ROWS if result.keeps else Role.PRIVATE
+    return Verdict(role, f"{what}: {result.reason}", result.layout if result.keeps else None)
+
+
+def _agrees(layout: Any, f: Facts) -> bool:
+    """Whether a rule's layout is what the symbolic shape says (the cross-check)."""
+    if isinstance(layout, Layout):
+        return f.kind is Kind.ROWS and f.is_tensor and f.batch_dim == layout.dim and f.factor == layout.outer * layout.inner
+    if isinstance(layout, tuple):
+        parts = f.parts or ()
+        return len(parts) == len(layout) and any(lay is not None for lay in layout) and all(
+            (p.kind is not Kind.ROWS) if lay is None else _agrees(lay, p) for lay, p in zip(layout, parts))
+    return False
