@@ -43,3 +43,9 @@ def seeded(model_cls=ResidualNet, seed: int = 0, **kwargs) -> nn.Module:
                 m.running_mean.uniform_(-1, 1)
                 m.running_var.uniform_(0.5, 2)
     return model
+
+
+def realign_all(fragments, example_inputs=None, **kwargs):
+    """``graft_fx.realign`` with the cost rule off: small test models share every layer that can
+    be shared, so the tests exercise gathers and narrows that real models pay for."""
+    return graft_fx.realign(fragments, example_inputs, min_flops_per_byte=0, **kwargs)

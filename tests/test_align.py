@@ -5,11 +5,11 @@ import torch.nn as nn
 
 import graft_fx
 from graft_fx.separable import Role
-from models import example, fragments, seeded
+from models import example, fragments, seeded, realign_all
 
 
 def classes_of(tails):
-    return graft_fx.realign(tails)._classes
+    return realign_all(tails)._classes
 
 
 def test_chain_fragments_share_nested_suffixes():
@@ -37,7 +37,7 @@ def test_a_module_called_twice_is_dealt_into_lanes():
             return self.act(x) + self.act(x * 2)
 
     model = Twice()
-    classes = graft_fx.realign([model, model], [torch.randn(1, 3)] * 2)._classes
+    classes = realign_all([model, model], [torch.randn(1, 3)] * 2)._classes
     tanh = [c for c in classes if c.role is Role.SHARED and str(c.members[0][1].target) == "act"]
     assert len(tanh) == 2 and all(c.fragments == (0, 1) for c in tanh)
 
@@ -52,7 +52,7 @@ def test_constants_are_merged_by_value():
             return torch.cat([self.token.expand(x.shape[0], -1, -1), x], 1)
 
     a, b = Token(), Token()
-    classes = graft_fx.realign([a, b], [torch.randn(1, 2, 4)] * 2)._classes
+    classes = realign_all([a, b], [torch.randn(1, 2, 4)] * 2)._classes
     consts = [c for c in classes if c.role is Role.CONST]
     assert len(consts) == 1 and consts[0].fragments == (0, 1)
     assert any(c.role is Role.SHARED and c.fragments == (0, 1) for c in classes)
@@ -63,7 +63,7 @@ def test_private_nodes_are_singletons():
         def forward(self, x):
             return torch.softmax(x, 0).relu()
 
-    classes = graft_fx.realign([Mix(), Mix()], [torch.randn(2, 3)] * 2)._classes
+    classes = realign_all([Mix(), Mix()], [torch.randn(2, 3)] * 2)._classes
     softmax = [c for c in classes if c.role is Role.PRIVATE_ROWS]
     assert len(softmax) == 2 and all(len(c.members) == 1 for c in softmax)
     assert any(c.role is Role.SHARED and c.fragments == (0, 1) for c in classes)

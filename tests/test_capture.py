@@ -17,6 +17,7 @@ import torch.utils._pytree as pytree
 from torch.fx.passes.shape_prop import ShapeProp
 
 import graft_fx
+from models import realign_all
 from graft_fx.capture import capture
 
 
@@ -80,7 +81,7 @@ def test_untraceable_module_names_the_line_and_suggests_export():
 
 def test_untraceable_fragment_is_named_by_its_position():
     with pytest.raises(graft_fx.TraceError, match=r"fragment 1 \(DataDependent\)"):
-        graft_fx.realign([features(), DataDependent()], [torch.randn(2, 4), torch.randn(2, 4)])
+        realign_all([features(), DataDependent()], [torch.randn(2, 4), torch.randn(2, 4)])
 
 
 def test_trace_error_is_a_graft_error_and_a_value_error():
@@ -124,7 +125,7 @@ def test_exported_program_keeps_a_dynamic_batch_and_its_output_structure():
     program = exported(model)
     (spec,) = capture(program).inputs
     assert (spec.row_shape, spec.dtype) == ((4,), torch.float32)
-    realigned = graft_fx.realign([program, program])
+    realigned = realign_all([program, program])
     for batches in [(1, 3), (2, 0), (None, 1)]:
         inputs = [None if b is None else torch.randn(b, 4) for b in batches]
         for x, out in zip(inputs, realigned(*inputs)):
@@ -132,14 +133,14 @@ def test_exported_program_keeps_a_dynamic_batch_and_its_output_structure():
 
 
 def test_exported_fragments_share_their_layers():
-    realigned = graft_fx.realign([exported(features()), exported(features())])
+    realigned = realign_all([exported(features()), exported(features())])
     assert any(s.fragments == (0, 1) for s in realigned.plan.segments)
 
 
 def test_traced_module_keeps_its_output_structure():
     model = features()
     x = torch.randn(3, 4)
-    (out,) = graft_fx.realign([model], [x])(x)
+    (out,) = realign_all([model], [x])(x)
     assert_same_outputs(out, model(x))
 
 
@@ -156,7 +157,7 @@ def test_missing_shapes_name_the_input():
     with pytest.raises(graft_fx.GraftError, match=r"\['image'\].*example inputs"):
         capture(Pointwise())
     with pytest.raises(graft_fx.GraftError, match=r"fragment 0 \(Pointwise\).*\['image'\]"):
-        graft_fx.realign([Pointwise()])
+        realign_all([Pointwise()])
 
 
 def test_wrong_number_of_example_inputs():

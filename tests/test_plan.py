@@ -2,12 +2,12 @@
 
 import graft_fx
 from graft_fx.plan import Plan, Segment, Unshared
-from models import fragments, seeded
+from models import fragments, seeded, realign_all
 
 
 def test_segments_of_a_chain():
     _, tails = fragments(seeded(), [0, 3, 6])
-    plan = graft_fx.realign(tails).plan
+    plan = realign_all(tails).plan
     assert [s.fragments for s in plan.segments] == [(0,), (0, 1), (0, 1, 2)]
     assert all(s.num_nodes > 0 and s.flops_per_row >= 0 for s in plan.segments)
     assert 0 < plan.batched_flops_fraction < 1

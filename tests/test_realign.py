@@ -8,14 +8,14 @@ import torch.nn as nn
 
 import graft_fx
 from graft_fx import GraftError
-from models import ResidualNet, example, fragments, seeded
+from models import ResidualNet, example, fragments, seeded, realign_all
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = seeded()
     heads, tails = fragments(model, [0, 2, 5])
-    return model, heads, tails, graft_fx.realign(tails)
+    return model, heads, tails, realign_all(tails)
 
 
 def inputs(heads, batches):
@@ -58,7 +58,7 @@ def test_separately_loaded_fragments_share_like_one_instance(setup):
     model, heads, tails, rm = setup
     copies = [copy.deepcopy(model) for _ in tails]
     loaded = [graft_fx.split(m, graft_fx.cut_points(model, example())[i], example())[1] for m, i in zip(copies, [0, 2, 5])]
-    rm2 = graft_fx.realign(loaded)
+    rm2 = realign_all(loaded)
     assert [s.fragments for s in rm2.plan.segments] == [s.fragments for s in rm.plan.segments]
     assert_matches(rm2, loaded, inputs(heads, (2, 1, 2)))
 
@@ -66,7 +66,7 @@ def test_separately_loaded_fragments_share_like_one_instance(setup):
 def test_different_weights_are_not_shared():
     heads, tails = fragments(seeded(seed=0), [3])
     _, others = fragments(seeded(seed=1), [3])
-    rm = graft_fx.realign([tails[0], others[0]])
+    rm = realign_all([tails[0], others[0]])
     assert all(not s.batched for s in rm.plan.segments)
     assert_matches(rm, [tails[0], others[0]], inputs(heads * 2, (2, 3)))
 
@@ -83,7 +83,7 @@ def test_plain_modules_with_example_inputs_and_tuple_inputs():
     torch.manual_seed(0)
     pair, twin = Pair(), Pair()
     twin.load_state_dict(pair.state_dict())
-    rm = graft_fx.realign([pair, twin], [(torch.randn(1, 4), torch.randn(1, 3))] * 2)
+    rm = realign_all([pair, twin], [(torch.randn(1, 4), torch.randn(1, 3))] * 2)
     assert any(s.batched and s.num_nodes == 2 for s in rm.plan.segments)
     x, y, z, w = torch.randn(2, 4), torch.randn(2, 3), torch.randn(5, 4), torch.randn(5, 3)
     a, b = rm((x, y), [z, w])
@@ -95,7 +95,7 @@ def test_a_layer_feeding_different_users_is_not_shared():
     """Sharing grows back from the outputs: a common layer followed by different ones stays apart."""
     torch.manual_seed(0)
     lin = nn.Linear(4, 3)
-    rm = graft_fx.realign([nn.Sequential(lin, nn.ReLU()), nn.Sequential(lin, nn.Tanh())], [torch.randn(1, 4)] * 2)
+    rm = realign_all([nn.Sequential(lin, nn.ReLU()), nn.Sequential(lin, nn.Tanh())], [torch.randn(1, 4)] * 2)
     assert not any(s.batched for s in rm.plan.segments)
 
 
@@ -110,7 +110,7 @@ def test_output_structures_are_reproduced():
             return {"logits": y, "parts": [y.relu(), x.shape[1]]}
 
     model = Dict()
-    rm = graft_fx.realign([model, model], [torch.randn(1, 4)] * 2)
+    rm = realign_all([model, model], [torch.randn(1, 4)] * 2)
     x = torch.randn(3, 4)
     out, _ = rm(x, x)
     ref = model(x)
@@ -129,7 +129,7 @@ def test_plan_reports_what_was_not_shared():
             return self.lin(self.bn(x))
 
     model = TrainBN().train()
-    rm = graft_fx.realign([model, model], [torch.randn(2, 4)] * 2)
+    rm = realign_all([model, model], [torch.randn(2, 4)] * 2)
     assert {u.fragment for u in rm.plan.unshared} == {0, 1}
     assert all("training" in u.reason for u in rm.plan.unshared)
     assert any(s.batched for s in rm.plan.segments)  # the linear after it is shared
@@ -144,7 +144,7 @@ def test_plan_reports_what_was_not_shared():
 class TestErrors:
     def test_empty_fragment_list(self):
         with pytest.raises(GraftError, match="at least one fragment"):
-            graft_fx.realign([])
+            realign_all([])
 
     def test_untraceable_fragment_suggests_export(self):
         class Branchy(nn.Module):
@@ -154,14 +154,14 @@ class TestErrors:
                 return -x
 
         with pytest.raises(graft_fx.TraceError, match=r"x\.sum\(\) > 0.*torch\.export"):
-            graft_fx.realign([Branchy()], [torch.randn(1, 3)])
+            realign_all([Branchy()], [torch.randn(1, 3)])
 
     def test_mixed_dtypes_and_devices(self):
         with pytest.raises(GraftError, match="float32.*float64"):
-            graft_fx.realign([nn.Linear(3, 4), nn.Linear(3, 4).double()], [torch.randn(1, 3), torch.randn(1, 3).double()])
+            realign_all([nn.Linear(3, 4), nn.Linear(3, 4).double()], [torch.randn(1, 3), torch.randn(1, 3).double()])
         meta = nn.Linear(3, 4).to("meta")
         with pytest.raises(GraftError, match="devices"):
-            graft_fx.realign([nn.Linear(3, 4), meta], [torch.randn(1, 3), torch.randn(1, 3, device="meta")])
+            realign_all([nn.Linear(3, 4), meta], [torch.randn(1, 3), torch.randn(1, 3, device="meta")])
 
     def test_wrong_number_of_inputs(self, setup):
         _, heads, _, rm = setup
@@ -185,4 +185,4 @@ class TestErrors:
 
     def test_shapes_unknown(self):
         with pytest.raises(GraftError, match="unknown"):
-            graft_fx.realign([ResidualNet()])
+            realign_all([ResidualNet()])

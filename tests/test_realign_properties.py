@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import graft_fx
+from models import realign_all
 from graft_fx.align import NodeClass
 from graft_fx.separable import Role
 from nets import Drawn, batch_sizes, make_input, networks, rowmix
@@ -148,7 +149,7 @@ def assert_deepest_suffix_shared(rm: graft_fx.RealignedModule, case: Case, tails
 @given(cases(), st.data())
 def test_realigned_outputs_equal_separate_outputs(case, data):
     heads, tails = split_all(case)
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     assert_matches_separate(rm, tails, tail_inputs(case, heads, data.draw(presences(case))))
 
 
@@ -156,7 +157,7 @@ def test_realigned_outputs_equal_separate_outputs(case, data):
 def test_deepest_fragments_tail_is_shared_by_all(case):
     """Sharing where it must: every fragment runs the deepest fragment's tail, so all share it."""
     heads, tails = split_all(case)
-    assert_deepest_suffix_shared(graft_fx.realign(tails), case, tails)
+    assert_deepest_suffix_shared(realign_all(tails), case, tails)
 
 
 @given(cases(), st.data())
@@ -166,9 +167,9 @@ def test_fragments_cut_from_an_equal_copy_share_alike(case, data):
     k = len(case.chosen)
     twin = copy.deepcopy(case.drawn.model)
     from_twin = data.draw(st.lists(st.booleans(), min_size=k, max_size=k).filter(any))
-    one = graft_fx.realign(split_all(case)[1])
+    one = realign_all(split_all(case)[1])
     heads, tails = split_all(case, [twin if t else case.drawn.model for t in from_twin])
-    mixed = graft_fx.realign(tails)
+    mixed = realign_all(tails)
     assert partition(mixed) == partition(one)
     assert mixed.plan == one.plan
     assert_deepest_suffix_shared(mixed, case, tails)
@@ -191,7 +192,7 @@ def test_unshareable_layers_stay_private(case, data):
     """Layers whose rows depend on other rows run alone, and the plan says why; classes merge
     batch-separable nodes only; outputs still equal separate runs."""
     heads, tails = split_all(case)
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     assert_matches_separate(rm, tails, tail_inputs(case, heads, data.draw(presences(case))))
     for c in rm._classes:
         if len(c.members) > 1:
@@ -211,7 +212,7 @@ def test_presence_patterns_reuse_their_graphs(case, data):
     """One module, many calls, each with its own mix of absent, empty and non-empty fragments.
     Each pattern runs twice; the second run finds the graph built for its present fragments."""
     heads, tails = split_all(case)
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     patterns = data.draw(st.lists(presences(case), min_size=1, max_size=5))
     graphs: dict[frozenset[int], fx.GraphModule] = {}
     for seed, batches in enumerate(patterns + patterns):
@@ -228,6 +229,6 @@ def test_weightless_fragment_realigns_with_weighted_ones():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
     x = torch.randn(2, 4)
     heads, tails = zip(*(graft_fx.split(model, cut, x) for cut in graft_fx.cut_points(model, x)))
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     with torch.no_grad():
         assert_matches_separate(rm, tails, [head(x) for head in heads])

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 import graft_fx
 from graft_fx.rewrite import cat_rows, take_rows
-from models import example, fragments, seeded
+from models import example, fragments, seeded, realign_all
 
 
 def count(gm, target):
@@ -14,14 +14,14 @@ def count(gm, target):
 
 def test_one_gather_per_junction():
     heads, tails = fragments(seeded(), [0, 3, 6])
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     assert count(rm.graph_module, torch.cat) == 2
     assert rm.graph_for(frozenset({0})).graph.find_nodes(op="call_function", target=torch.cat) == []
 
 
 def test_outputs_are_views_of_the_shared_result():
     heads, tails = fragments(seeded(), [2, 2])
-    rm = graft_fx.realign(tails)
+    rm = realign_all(tails)
     x = heads[0](example(3))
     with torch.no_grad():
         a, b = rm(x, x[:2])
@@ -47,7 +47,7 @@ def test_batch_sizes_become_row_counts_of_the_consumer():
     model = Tokens().eval()
     cuts = graft_fx.cut_points(model, torch.randn(2, 3, 6))
     pairs = [graft_fx.split(model, c, torch.randn(2, 3, 6)) for c in cuts[:3]]
-    rm = graft_fx.realign([t for _, t in pairs])
+    rm = realign_all([t for _, t in pairs])
     assert not any(n.target == "shape" or n.args[1:] == ("shape",) for n in rm.graph_module.graph.nodes)
     xs = [h(torch.randn(b, 3, 6)) for (h, _), b in zip(pairs, (1, 3, 2))]
     with torch.no_grad():
