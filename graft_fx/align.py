@@ -124,7 +124,7 @@ class _Pool:
     def signature(self, m: Member) -> frozenset:
         f, node = m
         return frozenset(self.user_token(f, u, i) for u, i in self.uses[m]
-                         if u.op == "output" or self.role((f, u)) not in _UNEMITTED)
+                         if u.op == "output" or self.role((f, u)) not in (*_UNEMITTED, Role.WRITE))
 
     def refine(self) -> None:
         count = len(set(self.label.values()))

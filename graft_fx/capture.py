@@ -30,6 +30,7 @@ batch symbol) and is used as it is; that keeps ``split`` followed by ``realign``
 
 from __future__ import annotations
 
+import inspect
 import operator
 import os
 import traceback
@@ -44,6 +45,7 @@ from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
 from .errors import GraftError, TraceError
+from .facts import hint
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 EXAMPLE_ROWS = 2
@@ -124,8 +126,12 @@ def _advice(e: BaseException) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The error's first line, and the guards it names (a constraint violation lists them)."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    guards = [line.strip() for line in lines[1:] if line.strip().startswith("- Not all values")]
+    return " ".join([lines[0].rstrip("."), *guards])
 
 
 # --- example inputs -------------------------------------------------------------------------
@@ -152,25 +158,48 @@ def _tile_check(name: str) -> Callable[[Any], torch.Tensor]:
 
 
 def _spec_example(node: fx.Node) -> torch.Tensor | None:
-    """A random example for a placeholder whose shape was recorded (ShapeProp's tensor_meta)."""
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
+    """A random example for a placeholder whose shape was recorded (ShapeProp's ``tensor_meta``
+    or a fake ``val``)."""
+    meta = node.meta.get("tensor_meta", node.meta.get("val"))
+    if meta is None or not hasattr(meta, "shape") or len(meta.shape) == 0:
         return None
-    shape, dtype = (EXAMPLE_ROWS, *meta.shape[1:]), meta.dtype
+    shape, dtype = (EXAMPLE_ROWS, *(int(hint(d)) for d in meta.shape[1:])), meta.dtype
     return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
 
 
 def _examples(module: torch.nn.Module, example: Any, name: str) -> tuple[torch.Tensor, ...]:
     if example is not None:
         return tuple(_tile(t, name, i) for i, t in enumerate(_as_tuple(example)))
+    required = [p.name for p in _positional(module) if p.default is inspect.Parameter.empty]
+    unknown = f"the shape of input(s) {required} is unknown" if required else "its input shapes are unknown"
     if isinstance(module, fx.GraphModule):
         placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
         found = [_spec_example(p) for p in placeholders]
         if placeholders and all(t is not None for t in found):
             return tuple(found)
+        unknown = f"the shape of input(s) {[p.name for p, t in zip(placeholders, found) if t is None]} is unknown"
     raise GraftError(
-        f"{name}: its input shapes are unknown; pass example inputs for this fragment (one tensor "
-        "or tuple per fragment, any batch size), or give a graft_fx.split tail or an ExportedProgram")
+        f"{name}: {unknown}; pass example inputs for this fragment (one tensor or tuple per "
+        "fragment, any batch size), or give a graft_fx.split tail or an ExportedProgram")
+
+
+def _positional(module: torch.nn.Module) -> list[inspect.Parameter]:
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _check_arity(module: torch.nn.Module, args: tuple, name: str) -> None:
+    """Example inputs must fill ``forward``'s required parameters (optional ones may be left out)."""
+    params = _positional(module)
+    if not params:
+        return
+    required = sum(p.default is inspect.Parameter.empty for p in params)
+    if not required <= len(args) <= len(params):
+        takes = required if required == len(params) else f"{required} to {len(params)}"
+        raise GraftError(f"{name} takes {takes} input(s), but its example has {len(args)}")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -179,6 +208,7 @@ def _examples(module: torch.nn.Module, example: Any, name: str) -> tuple[torch.T
 def export_module(module: torch.nn.Module, example: Any, name: str) -> ExportedProgram:
     """``torch.export`` (non-strict) with one dynamic batch dim shared by every input."""
     args = _examples(module, example, name)
+    _check_arity(module, args, name)
     batch = Dim("batch")
     try:
         with torch.no_grad():
@@ -340,8 +370,8 @@ def capture(fragment: Any, example: Any = None, name: str = "fragment") -> Captu
     if isinstance(fragment, ExportedProgram):
         captured = from_program(fragment, fragment.module(), name)
         if example is not None:
-            given = [InputSpec(tuple(t.shape[1:]), t.dtype, t.device) for t in map(_tile_check(name), _as_tuple(example))]
-            if given != captured.inputs:
+            given = [InputSpec(tuple(t.shape[1:]), t.dtype) for t in map(_tile_check(name), _as_tuple(example))]
+            if given != [InputSpec(s.row_shape, s.dtype) for s in captured.inputs]:
                 raise GraftError(f"{name}: its example inputs {[s.describe() for s in given]} do not match the "
                                  f"inputs it was exported with {[s.describe() for s in captured.inputs]}")
         return captured

@@ -31,7 +31,7 @@ from .rows import Layout
 from .separable import GATHERABLE, Role
 from .symbolic import materialize
 
-_REBUILT = (Role.CONST, Role.FOLDED, Role.CHECK)
+_REBUILT = (Role.CONST, Role.FOLDED, Role.CHECK, Role.WRITE)
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
 
     for n in a.nodes[pos + 1:]:
         role = a.verdicts[n].role
-        if role is Role.CHECK and any(i not in env and not _rebuildable(a, i) for i in n.all_input_nodes):
-            continue  # a check of a value the head computed: it ran there
+        if role in (Role.CHECK, Role.WRITE) and any(i not in env and not _rebuildable(a, i) for i in n.all_input_nodes):
+            continue  # a check of, or a write-back to, a value of the head's: it ran there
         env[n] = rebuild(n) if role is Role.FOLDED else graph.node_copy(n, rebuild)
     leaves = [fx.node.map_arg(leaf, rebuild) for leaf in a.captured.out_leaves]
     graph.output(pytree.tree_unflatten(leaves, a.captured.out_spec))

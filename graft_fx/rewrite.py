@@ -36,7 +36,7 @@ from .symbolic import materialize
 
 
 def _writes_back(c: NodeClass) -> bool:
-    return c.members[0][1].target is torch.ops.aten.copy_.default
+    return c.role is Role.WRITE
 
 
 class _Emitter:

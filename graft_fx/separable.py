@@ -52,6 +52,7 @@ class Role(enum.Enum):
     CONST = "const"
     FOLDED = "folded"
     CHECK = "check"
+    WRITE = "write-back"
 
 
 GATHERABLE = (Role.INPUT, Role.SHARED, Role.PRIVATE_ROWS)
@@ -689,6 +690,8 @@ def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node,
         return Verdict(Role.CONST)
     if name in CHECKS:
         return Verdict(Role.CHECK)
+    if node.target is torch.ops.aten.copy_.default and node.args[0].op in ("placeholder", "get_attr"):
+        return Verdict(Role.WRITE)  # capture's write-back of an input or buffer mutated in place
     if _impure(node):
         return Verdict(Role.PRIVATE, f"{what}: it mutates a tensor")
     if f.kind is Kind.CONST:

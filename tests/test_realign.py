@@ -43,14 +43,14 @@ def test_the_shared_suffix_runs_once(setup):
     _, _, tails, rm = setup
     everyone = tuple(range(len(tails)))
     assert any(s.fragments == everyone and s.num_nodes > 3 for s in rm.plan.segments)
-    ran = lambda gm: sum(n.op == "call_module" for n in gm.graph.nodes)
+    ran = lambda gm: sum(str(n.target) in ("aten.conv2d.default", "aten.linear.default") for n in gm.graph.nodes)
     assert ran(rm.graph_module) < sum(ran(t) for t in tails)
 
 
 def test_absent_fragments_cost_nothing(setup):
     _, heads, tails, rm = setup
     only_last = rm.graph_for(frozenset({2}))
-    assert not any(n.name.startswith(("f0_", "f1_")) and n.op == "call_module" for n in only_last.graph.nodes)
+    assert not any(n.name.startswith(("f0_", "f1_")) and n.op == "call_function" for n in only_last.graph.nodes)
     assert rm.graph_for(frozenset({2})) is only_last
 
 
@@ -153,7 +153,7 @@ class TestErrors:
                     return x
                 return -x
 
-        with pytest.raises(graft_fx.TraceError, match=r"x\.sum\(\) > 0.*torch\.export"):
+        with pytest.raises(graft_fx.TraceError, match=r"x\.sum\(\) > 0.*torch\.cond"):
             realign_all([Branchy()], [torch.randn(1, 3)])
 
     def test_mixed_dtypes_and_devices(self):

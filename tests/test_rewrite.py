@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import graft_fx
-from graft_fx.rewrite import cat_rows, take_rows
+from graft_fx.rows import ROWS, cat_rows, take_rows
 from models import example, fragments, seeded, realign_all
 
 
@@ -58,7 +58,7 @@ def test_batch_sizes_become_row_counts_of_the_consumer():
 def test_row_helpers_walk_nested_values():
     a = (torch.arange(6).reshape(3, 2), None)
     b = (torch.arange(4).reshape(2, 2) + 10, None)
-    joined = cat_rows(a, b)
+    joined = cat_rows((ROWS, None), a, b)
     assert joined[1] is None and joined[0].shape == (5, 2)
-    part = take_rows(joined, 3, 2)
+    part = take_rows(joined, (ROWS, None), 3, 2)
     assert torch.equal(part[0], b[0]) and part[1] is None

@@ -7,19 +7,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from graft_fx.analysis import analyze
+from graft_fx.rows import Layout
 from graft_fx.separable import Role
 
 
-def rowmix(x):
-    """A user function the rule table cannot know: it mixes rows."""
-    return x + x.mean(0, keepdim=True)
-
-
-fx.wrap("rowmix")
+def unknown(x):
+    """An ATen op the rule table does not list."""
+    return torch.special.bessel_j0(x)
 
 
 def relu(x):
-    """A user function that merely shares its name with torch.relu."""
+    """A user function that merely shares its name with torch.relu: capture sees what it runs."""
     return x.flip(0)
 
 
@@ -38,10 +36,14 @@ class Probe(nn.Module):
         return self.op(self, x)
 
 
+RUNS = (Role.SHARED, Role.PRIVATE, Role.PRIVATE_ROWS)
+
+
 def verdict(op, module=None, shape=(4, 6, 6), train=False):
+    """The verdict on the last op that runs on rows (not a size, constant or write-back)."""
     probe = Probe(op, module).train(train)
     a = analyze(probe, torch.randn(2, *shape))
-    interesting = [n for n in a.nodes if n.op != "placeholder" and not (n.op == "call_module" and n.target == "m" and module is None)]
+    interesting = [n for n in a.nodes if a.verdicts[n].role in RUNS]
     return a.verdicts[interesting[-1]], a
 
 
@@ -66,24 +68,38 @@ SHARED = {
     "max pool": (lambda s, x: s.m(x), nn.MaxPool2d(2)),
     "matmul with weight": (lambda s, x: x @ torch.ones(6, 3), None),
     "batched matmul": (lambda s, x: x @ x.transpose(2, 3), None),
+    "flatten everything": (lambda s, x: torch.flatten(x), None),
+    "leading size 1": (lambda s, x: x.reshape(1, -1), None),
+    "batch moved to dim 1 then linear": (lambda s, x: s.m(x.flatten(2).transpose(0, 1)), nn.Linear(36, 5)),
+    "negative dims": (lambda s, x: x.flip(-1, -2).softmax(-3), None),
+    "layer norm over the last dims": (lambda s, x: F.layer_norm(x, x.shape[1:]), None),
+    "user function named relu, inner dim": (lambda s, x: relu(x.transpose(0, 1)), None),
+    "attention": (lambda s, x: F.scaled_dot_product_attention(x, x, x), None),
+    "view with a size from the batch": (lambda s, x: x.view(x.shape[0] * 4, 36), None),
+    "zeros of the batch size": (lambda s, x: x + torch.zeros(x.size(0), 1, 1, 1), None),
 }
 
 PRIVATE_KEEPS_ROWS = {
     "bn train": (lambda s, x: s.m(x), nn.BatchNorm2d(4), True),
+    "bn eval without running stats": (lambda s, x: s.m(x), nn.BatchNorm2d(4, track_running_stats=False), False),
     "dropout train": (lambda s, x: s.m(x), nn.Dropout(0.5), True),
     "softmax over batch": (lambda s, x: torch.softmax(x, 0), None, False),
     "flip rows": (lambda s, x: x.flip(0), None, False),
+    "flip with the batch among varargs": (lambda s, x: x.flip(1, 0), None, False),
+    "user function named relu": (lambda s, x: relu(x), None, False),
+    "divide by the batch size": (lambda s, x: x / x.shape[0], None, False),
+    "fill with the batch size": (lambda s, x: torch.full_like(x, x.size(0)), None, False),
+    "layer norm over the batch too": (lambda s, x: F.layer_norm(x, x.size()), None, False),
 }
 
 PRIVATE = {
     "reduce over batch": lambda s, x: x.sum(0),
-    "flatten everything": lambda s, x: torch.flatten(x),
-    "hard-coded leading size": lambda s, x: x.reshape(1, -1),
+    "reduce over everything": lambda s, x: x.amax(),
     "squeeze without dim": lambda s, x: x.squeeze(),
-    "unknown op": lambda s, x: rowmix(x),
-    "user function named relu": lambda s, x: relu(x),
+    "unknown op": lambda s, x: unknown(x),
     "index rows": lambda s, x: x[0],
     "cat on batch": lambda s, x: torch.cat([x, x], 0),
+    "matmul across samples": lambda s, x: x.flatten(1).T @ x.flatten(1),
 }
 
 
@@ -111,14 +127,15 @@ def test_other_ops_stay_private_with_a_reason(name):
 
 def test_reasons_name_what_was_wrong():
     assert "training" in verdict(lambda s, x: s.m(x), nn.BatchNorm2d(4), train=True)[0].reason
-    assert "dim 0" in verdict(lambda s, x: torch.softmax(x, 0))[0].reason
-    assert "rule table" in verdict(lambda s, x: rowmix(x))[0].reason
+    assert "batch's dim" in verdict(lambda s, x: torch.softmax(x, 0))[0].reason
+    assert "rule table" in verdict(lambda s, x: unknown(x))[0].reason
+    assert "batch size as a value" in verdict(lambda s, x: x / x.shape[0])[0].reason
 
 
 def test_downstream_of_an_unknown_op_is_private():
-    v, a = verdict(lambda s, x: rowmix(x).flatten(1).relu())
+    v, a = verdict(lambda s, x: unknown(x).flatten(1).relu())
     assert v.role is Role.PRIVATE
-    assert "not proven to keep the batch rows" in v.reason
+    assert "not proven to carry the batch rows" in v.reason
 
 
 def test_downstream_of_a_row_preserving_op_is_shared_again():
@@ -137,18 +154,39 @@ def test_sizes_are_folded_and_batch_sources_shared():
             return torch.cat([self.token.expand(n, -1, -1), x], dim=1)
 
     a = analyze(Token(), torch.randn(2, 5, 8))
-    roles = {n.name: a.verdicts[n].role for n in a.nodes}
-    assert roles["getattr_1"] is Role.FOLDED and roles["getitem"] is Role.FOLDED
+    roles = {str(n.target): a.verdicts[n].role for n in a.nodes}
+    assert roles["aten.sym_size.int"] is Role.FOLDED
     assert roles["token"] is Role.CONST
-    assert roles["expand"] is Role.SHARED and roles["cat"] is Role.SHARED
+    assert roles["aten.expand.default"] is Role.SHARED and roles["aten.cat.default"] is Role.SHARED
+
+
+def test_batch_dims_are_tracked_through_moves_and_folds():
+    """The batch moves to dim 1 and is folded with the heads, as attention does it."""
+    v, _ = verdict(lambda s, x: x.flatten(2).transpose(0, 1).reshape(4, -1, 6).transpose(0, 1))
+    assert v.role is Role.SHARED and v.layout == Layout(0, 1, 6)
 
 
 def test_multihead_attention_is_shared_only_with_batch_first():
     def attention(batch_first):
         a = analyze(Probe(lambda s, x: s.m(x, x, x, need_weights=False)[0],
                           nn.MultiheadAttention(6, 2, batch_first=batch_first)).eval(), torch.randn(2, 5, 6))
-        return next(a.verdicts[n] for n in a.nodes if n.op == "call_module")
+        return [a.verdicts[n] for n in a.nodes if a.verdicts[n].role in RUNS]
 
-    assert attention(True).role is Role.SHARED
-    assert attention(False).role is Role.PRIVATE_ROWS
-    assert "batch_first=False" in attention(False).reason
+    assert all(v.role is Role.SHARED for v in attention(True))
+    private = [v for v in attention(False) if v.role is not Role.SHARED]
+    assert private and all(v.reason for v in private)
+
+
+def test_lstm_with_batch_first_is_shared():
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, batch_first=True)
+
+        def forward(self, x):
+            h = torch.zeros(1, x.size(0), 5)
+            return self.lstm(x, (h, h))[0]
+
+    a = analyze(Recurrent().eval(), torch.randn(2, 4, 6))
+    (lstm,) = [n for n in a.nodes if str(n.target) == "aten.lstm.input"]
+    assert a.verdicts[lstm].role is Role.SHARED
