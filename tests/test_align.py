@@ -67,3 +67,46 @@ def test_private_nodes_are_singletons():
     softmax = [c for c in classes if c.role is Role.PRIVATE_ROWS]
     assert len(softmax) == 2 and all(len(c.members) == 1 for c in softmax)
     assert any(c.role is Role.SHARED and c.fragments == (0, 1) for c in classes)
+
+
+class Squeezed(nn.Module):
+    """Shared layers, then an op that must stay private (squeeze() drops a 1-row batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.body(x).squeeze()
+
+
+def test_a_private_op_near_the_outputs_does_not_block_sharing():
+    torch.manual_seed(0)
+    model = Squeezed().eval()
+    rm = realign_all([model, model], [torch.randn(2, 6)] * 2)
+    assert any(s.fragments == (0, 1) and s.num_nodes >= 3 for s in rm.plan.segments)
+    assert any("squeeze" in u.reason for u in rm.plan.unshared)
+    for sizes in [(1, 3), (2, 1), (0, 1), (1, 1)]:
+        inputs = [torch.randn(n, 6) for n in sizes]
+        for x, out in zip(inputs, rm(*inputs)):
+            torch.testing.assert_close(out, model(x))
+
+
+def test_the_cost_rule_declines_regions_that_copy_more_than_they_compute():
+    class Tiny(nn.Module):
+        def forward(self, x):
+            return (x * 2).relu()
+
+    wide = [torch.randn(2, 256)] * 2
+    declined = graft_fx.realign([Tiny(), Tiny()], wide)
+    assert not any(s.batched for s in declined.plan.segments)
+    assert declined.plan.declined and "not worth batching" in str(declined.plan)
+    shared = realign_all([Tiny(), Tiny()], wide)
+    assert any(s.batched for s in shared.plan.segments)
+
+
+def test_the_cost_rule_keeps_regions_with_real_work():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+    rm = graft_fx.realign([model, model], [torch.randn(2, 64)] * 2)
+    assert any(s.fragments == (0, 1) for s in rm.plan.segments) and not rm.plan.declined

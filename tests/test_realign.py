@@ -186,3 +186,63 @@ class TestErrors:
     def test_shapes_unknown(self):
         with pytest.raises(GraftError, match="unknown"):
             realign_all([ResidualNet()])
+
+
+class Masked(nn.Module):
+    """An optional argument with a default, as attention blocks often have."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x, mask=None):
+        h = torch.relu(self.fc(x))
+        if mask is not None:
+            h = h * mask
+        return self.out(h)
+
+
+def test_optional_arguments_keep_their_defaults_in_cuts_and_splits():
+    torch.manual_seed(0)
+    model = Masked().eval()
+    x = torch.randn(3, 4)
+    cuts = graft_fx.cut_points(model, x)
+    assert len(cuts) >= 3
+    for cut in cuts:
+        head, tail = graft_fx.split(model, cut, x)
+        torch.testing.assert_close(tail(head(x)), model(x))
+
+
+def test_fragments_from_every_source_share_with_each_other():
+    torch.manual_seed(0)
+    model = Masked().eval()
+    x = torch.randn(2, 4)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False)
+    traced = torch.fx.symbolic_trace(model, concrete_args={"mask": None})
+    rm = realign_all([model, program, traced], [x, None, x])
+    assert any(s.fragments == (0, 1, 2) for s in rm.plan.segments)
+    inputs = [torch.randn(1, 4), torch.randn(2, 4), torch.randn(0, 4)]
+    for got, inp in zip(rm(*inputs), inputs):
+        torch.testing.assert_close(got, model(inp))
+
+
+def test_autocast_regions_are_captured_as_they_run():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                h = self.fc(x)
+            return h.float().relu()
+
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    rm = realign_all([model, model], [torch.randn(2, 8)] * 2)
+    assert any(s.fragments == (0, 1) for s in rm.plan.segments)
+    x, y = torch.randn(3, 8), torch.randn(1, 8)
+    a, b = rm(x, y)
+    torch.testing.assert_close(a, model(x))  # float32 tolerance: bf16 rounding would exceed it if dropped
+    torch.testing.assert_close(b, model(y))

@@ -1,0 +1,65 @@
+"""The guard: realign(verify=True) catches what the analysis got wrong, and names where."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graft_fx
+from graft_fx import separable
+from graft_fx.separable import Result, Rule
+from graft_fx.verify import assert_equivalent, random_rows
+from models import realign_all
+
+
+class Reversed(nn.Module):
+    """Reverses the batch: it keeps the batch's shape, so only the rule table can tell."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).flip(0).relu()
+
+
+WRONG = Rule(lambda site: Result(site.layout(site.arg(0))), "a deliberately wrong rule")
+
+
+def test_a_wrong_rule_is_caught_and_the_node_named(monkeypatch):
+    monkeypatch.setitem(separable.RULES, "flip", WRONG)
+    model = Reversed().eval()
+    with pytest.raises(graft_fx.GraftError, match=r"fragment \d.*first differing node: .*flip"):
+        realign_all([model, model], [torch.randn(2, 4)] * 2)
+
+
+def test_the_shape_cross_check_catches_a_wrong_rule_first(monkeypatch):
+    """A rule that calls a reduction over the batch separable disagrees with the output's shape."""
+    monkeypatch.setitem(separable.RULES, "mean", WRONG)
+
+    class Centered(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0, keepdim=True)
+
+    rm = realign_all([Centered(), Centered()], [torch.randn(2, 4)] * 2)
+    assert any("mean" in u.reason for u in rm.plan.unshared)
+
+
+def test_correct_realignment_passes_and_leaves_inputs_alone():
+    model = Reversed().eval()
+    rm = realign_all([model, model], [torch.randn(2, 4)] * 2)
+    x, y = torch.randn(1, 4), torch.randn(3, 4)
+    before = (x.clone(), y.clone())
+    assert_equivalent(rm, [x, y])
+    assert torch.equal(x, before[0]) and torch.equal(y, before[1])
+
+
+def test_verify_can_be_skipped(monkeypatch):
+    monkeypatch.setitem(separable.RULES, "flip", WRONG)
+    model = Reversed().eval()
+    realign_all([model, model], [torch.randn(2, 4)] * 2, verify=False)  # no error: the guard is off
+
+
+def test_random_rows_match_the_spec():
+    spec = graft_fx.InputSpec((3, 2), torch.int64)
+    rows = random_rows(spec, 4, torch.Generator().manual_seed(0))
+    assert rows.shape == (4, 3, 2) and rows.dtype == torch.int64 and rows.min() >= 0
