@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .verify import assert_equivalent, random_rows
+
 try:
     from hypothesis import strategies as st
 except ImportError as e:  # pragma: no cover - exercised by a test that hides hypothesis
@@ -33,15 +35,6 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides hy
     ) from e
 
 __all__ = ["assert_equivalent", "batch_sizes", "calls", "presence", "random_inputs"]
-
-
-def __getattr__(name: str) -> Any:
-    """Re-export ``assert_equivalent`` lazily, so that importing this module stays cheap."""
-    if name == "assert_equivalent":
-        from .verify import assert_equivalent
-
-        return assert_equivalent
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_count(n: int) -> None:
@@ -80,27 +73,10 @@ def _specs(rm: Any) -> list[tuple[Any, ...]]:
     return [tuple(s) for s in specs]
 
 
-def _random_tensor(shape: tuple[int, ...], dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
-    """randn for floating and complex dtypes, ints in [0, 2) for integer ones, random bools."""
-    if dtype.is_floating_point:
-        return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    if dtype.is_complex:
-        return torch.randn(shape, generator=g, dtype=torch.complex128).to(dtype)
-    if dtype == torch.bool:
-        return torch.randint(0, 2, shape, generator=g).bool()
-    try:
-        return torch.randint(0, 2, shape, generator=g, dtype=dtype)
-    except (RuntimeError, TypeError) as e:
-        raise TypeError(f"cannot make random inputs of dtype {dtype}") from e
-
-
 def _fragment_inputs(specs: tuple[Any, ...], rows: int, seed: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """One fragment's inputs with ``rows`` rows: a tensor, or a tuple for several inputs."""
     g = torch.Generator().manual_seed(seed)
-    tensors = tuple(
-        _random_tensor((rows, *s.row_shape), s.dtype, g).to("cpu" if s.device is None else s.device)
-        for s in specs
-    )
+    tensors = tuple(random_rows(s, rows, g) for s in specs)
     return tensors[0] if len(tensors) == 1 else tensors
 
 
@@ -108,8 +84,8 @@ def random_inputs(rm: Any, sizes: Sequence[int | None], *, seed: int = 0) -> tup
     """Random arguments for ``rm(*args)``: fragment f gets ``sizes[f]`` rows, or None if absent.
 
     Each input tensor of fragment f has shape ``(sizes[f], *spec.row_shape)``, the spec's dtype
-    and device (CPU when the spec has none): standard normal for floating and complex dtypes,
-    0 or 1 for integer dtypes, random bools for bool. A fragment with one input gets a tensor,
+    and device (CPU when the spec has none), drawn by ``graft_fx.verify.random_rows``: standard
+    normal for floating and complex dtypes, 0 or 1 for integer dtypes, random bools for bool. A fragment with one input gets a tensor,
     one with several a tuple. Fragment f's inputs depend only on ``seed``, f and ``sizes[f]``.
 
     Raises TypeError if ``rm`` has no ``input_specs`` or a spec's dtype cannot be drawn, and

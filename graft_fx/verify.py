@@ -32,7 +32,8 @@ def random_rows(spec: InputSpec, rows: int, generator: torch.Generator) -> torch
     shape = (rows, *spec.row_shape)
     device = spec.device or "cpu"
     if spec.dtype.is_floating_point or spec.dtype.is_complex:
-        return torch.randn(shape, generator=generator, dtype=spec.dtype).to(device)
+        wide = torch.complex128 if spec.dtype.is_complex else torch.float64  # randn has no fp16 on CPU
+        return torch.randn(shape, generator=generator, dtype=wide).to(spec.dtype).to(device)
     if spec.dtype is torch.bool:
         return torch.randint(0, 2, shape, generator=generator).bool().to(device)
     return torch.randint(0, 2, shape, generator=generator, dtype=spec.dtype).to(device)
