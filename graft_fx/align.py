@@ -208,11 +208,10 @@ def align(analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED
         classes = _topological([c for c in classes if c.index not in dealt] + singles, analyses)
 
 
-def shared_regions(classes: list[NodeClass]) -> list[list[NodeClass]]:
-    """Connected components of shared classes that serve one set of fragments."""
-    by_index = {c.index: c for c in classes}
-    shared = [c for c in classes if c.shared]
-    parent = {c.index: c.index for c in shared}
+def components(classes: list[NodeClass]) -> list[list[NodeClass]]:
+    """Connected components of classes that serve the same fragments (union-find on inputs),
+    in order of their first class."""
+    parent = {c.index: c.index for c in classes}
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -220,14 +219,20 @@ def shared_regions(classes: list[NodeClass]) -> list[list[NodeClass]]:
             i = parent[i]
         return i
 
-    for c in shared:
+    by_index = {c.index: c for c in classes}
+    for c in classes:
         for i in c.inputs:
-            if i in parent and by_index[i].fragments == c.fragments:
+            if i in by_index and by_index[i].fragments == c.fragments:
                 parent[find(i)] = find(c.index)
     groups: dict[int, list[NodeClass]] = defaultdict(list)
-    for c in shared:
+    for c in classes:
         groups[find(c.index)].append(c)
-    return list(groups.values())
+    return sorted(groups.values(), key=lambda g: min(c.index for c in g))
+
+
+def shared_regions(classes: list[NodeClass]) -> list[list[NodeClass]]:
+    """Connected components of shared classes that serve one set of fragments."""
+    return components([c for c in classes if c.shared])
 
 
 def copied_bytes_per_row(analyses: list[Analysis], classes: list[NodeClass], region: list[NodeClass]) -> int:

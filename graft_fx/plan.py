@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
-from .align import Declined, NodeClass
+from .align import Declined, NodeClass, components
 from .analysis import Analysis
 from .capture import layer_name
 from .separable import Role
@@ -66,31 +65,10 @@ class Plan:
         return "\n".join(lines)
 
 
-def _components(classes: list[NodeClass]) -> list[list[NodeClass]]:
-    """Connected components of classes that serve the same fragments (union-find on inputs)."""
-    parent = {c.index: c.index for c in classes}
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    by_index = {c.index: c for c in classes}
-    for c in classes:
-        for i in c.inputs:
-            if i in by_index and by_index[i].fragments == c.fragments:
-                parent[find(i)] = find(c.index)
-    groups: dict[int, list[NodeClass]] = defaultdict(list)
-    for c in classes:
-        groups[find(c.index)].append(c)
-    return sorted(groups.values(), key=lambda g: min(c.index for c in g))
-
-
 def make_plan(analyses: list[Analysis], classes: list[NodeClass], declined: list[Declined] = ()) -> Plan:
     """Segments are the components of non-constant classes; inputs join a fragment's first nodes."""
     segments = []
-    for group in _components([c for c in classes if c.role is not Role.CONST]):
+    for group in components([c for c in classes if c.role is not Role.CONST]):
         running = [c for c in group if c.role is not Role.INPUT]
         if running:
             flops = sum(analyses[f].facts[n].flops_per_row for c in running for f, n in c.members[:1])
