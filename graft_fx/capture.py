@@ -152,11 +152,6 @@ def _tile(t: torch.Tensor, name: str, i: int) -> torch.Tensor:
     return t[torch.arange(EXAMPLE_ROWS, device=t.device) % t.shape[0]]
 
 
-def _tile_check(name: str) -> Callable[[Any], torch.Tensor]:
-    counter = iter(range(1 << 30))
-    return lambda t: _tile(t, name, next(counter))
-
-
 def _spec_example(node: fx.Node) -> torch.Tensor | None:
     """A random example for a placeholder whose shape was recorded (ShapeProp's ``tensor_meta``
     or a fake ``val``)."""
@@ -370,7 +365,7 @@ def capture(fragment: Any, example: Any = None, name: str = "fragment") -> Captu
     if isinstance(fragment, ExportedProgram):
         captured = from_program(fragment, fragment.module(), name)
         if example is not None:
-            given = [InputSpec(tuple(t.shape[1:]), t.dtype) for t in map(_tile_check(name), _as_tuple(example))]
+            given = [InputSpec(tuple(t.shape[1:]), t.dtype) for t in _examples(captured.call, example, name)]
             if given != [InputSpec(s.row_shape, s.dtype) for s in captured.inputs]:
                 raise GraftError(f"{name}: its example inputs {[s.describe() for s in given]} do not match the "
                                  f"inputs it was exported with {[s.describe() for s in captured.inputs]}")
