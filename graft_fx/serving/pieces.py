@@ -16,25 +16,34 @@ is how a model is matched to a profile measured elsewhere.
 
 Building the pieces: the model is split at the first cut with `graft_fx.split`, and the tail is
 split again at each next cut, so piece ``i`` is exactly ``split(tail_i, cut_{i+1})[0]`` (the last
-piece is the final tail). Each piece's input placeholder records its shape, so it runs on random
-rows of ``Piece.row_shape``. The pieces share their submodules (and so their weights) with the
-model, as `graft_fx.split` does.
+piece is the final tail). Pieces are ATen-level GraphModules (graft_fx captures with
+``torch.export``), so timing one times the ATen ops of its graph, not the model's own
+``forward``. Each piece's input placeholder records its shape, so it runs on random rows of
+``Piece.row_shape``. The pieces hold the model's own parameter and buffer tensors (``get_attr``
+attributes, no copies), as `graft_fx.split` does.
 
 Layer costs (`LayerCost`): for every node between two cuts, from the shape and FLOP facts of one
-graph analysis (`graft_fx.analysis`, meta tensors, no compute): FLOPs per row (as
-``torch.utils.flop_counter`` counts them: 2 per multiply-add, convolutions and matrix products
-only), the bytes of weights the node reads (its module's parameters and buffers, or the constant
-tensors it takes), activation bytes per row read and written, a *kind* that says which peak rate
-applies (``"conv"``, ``"matmul"`` or ``"memory"`` for ops with no counted FLOPs), and the number of
-kernels the node launches in eager execution. The kernel count is a rule of thumb: 0 for ops that
-only make views or compute Python values (reshape, permute, getitem, ``x.shape``, dropout and
-identity in eval mode), `ATTENTION_KERNELS` for ``nn.MultiheadAttention`` (input projection, bias
-and head split, attention, output projection), 1 for everything else. A view-making node reads and
-writes nothing.
+graph analysis (`graft_fx.analysis`, fake tensors, no compute): FLOPs per row (as
+``torch.utils.flop_counter`` counts them: 2 per multiply-add, convolutions, matrix products and
+attention only), the bytes of weights the node reads (its constant inputs: parameters, buffers
+and tensors computed from them alone), activation bytes per row read and written, a *kind* that
+says which peak rate applies, and the number of kernels the node launches in eager execution.
+The kind goes by the ATen op: ``"conv"`` for `CONV_OPS`, ``"matmul"`` for `MATMUL_OPS` (which
+include ``scaled_dot_product_attention``) or any other op with counted FLOPs, ``"memory"`` for the
+rest. The kernel count is a rule of thumb, 1 for every op but these, which launch none:
+`VIEW_OPS` (views and metadata: reshape, permute, getitem, ``sym_size``, ...), dropout that is not
+training, nodes that compute Python values (sizes, asserts) and nodes that no input reaches. A
+node that launches no kernel reads and writes nothing. The rule does not look at strides, so it
+misses the copies that some views make (a ``reshape`` of a permuted tensor, a ``linear`` on a
+transposed one) and charges ``contiguous`` and ``clone`` a kernel even where they are no-ops; it
+counts ``scaled_dot_product_attention`` as one kernel, and multi-head attention as the ATen ops
+that ``torch.export`` records for it (input and output ``linear``, head split, attention), which
+is the slow path of ``nn.MultiheadAttention``: eager inference takes its fused fast path instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,31 +53,36 @@ import torch.fx as fx
 
 from .. import cuts as _cuts
 from ..analysis import Analysis, analyze
-from ..capture import fetch_attr
 from ..cuts import CutPoint
 from ..errors import GraftError
-from ..rows import Kind
+from ..facts import Kind, hint
 from .profiles import Piece
 
 MIN_WORK_LEFT = 0.02
 """The last piece must still hold this fraction of the model's FLOPs (see `spread`)."""
 
-ATTENTION_KERNELS = 5
-"""Kernels one ``nn.MultiheadAttention`` call launches in eager inference (see the module docstring)."""
-
-CONV_MODULES = (torch.nn.modules.conv._ConvNd,)
-MATMUL_MODULES = (torch.nn.Linear, torch.nn.Bilinear, torch.nn.MultiheadAttention)
-NO_KERNEL_MODULES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
-                     torch.nn.AlphaDropout, torch.nn.Identity, torch.nn.Flatten, torch.nn.Unflatten)
-VIEW_OPS = frozenset({
-    "getitem", "getattr", "view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute",
-    "transpose", "t", "expand", "expand_as", "unsqueeze", "squeeze", "narrow", "select", "slice",
-    "split", "chunk", "unbind", "alias", "detach", "view_as", "as_strided", "dropout", "identity",
-    "size", "dim", "numel",
+CONV_OPS = frozenset({
+    "conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "cudnn_convolution", "cudnn_convolution_transpose", "mkldnn_convolution",
 })
-"""Ops (by name, without namespace or overload) that launch no kernel: views and metadata."""
-CONV_OPS = frozenset({"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
-                      "conv_transpose2d", "conv_transpose3d", "_convolution", "cudnn_convolution"})
+"""ATen ops (by name, without namespace or overload) that run at the convolution rate."""
+MATMUL_OPS = frozenset({
+    "linear", "addmm", "mm", "bmm", "matmul", "baddbmm", "addbmm", "mv", "addmv", "dot", "vdot", "inner",
+    "outer", "tensordot", "einsum", "bilinear", "_trilinear", "chain_matmul", "linalg_multi_dot", "_scaled_mm",
+    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+})
+"""ATen ops that run at the matrix-product rate (any other op with counted FLOPs does too)."""
+VIEW_OPS = frozenset({
+    "getitem", "view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten", "permute",
+    "transpose", "t", "expand", "expand_as", "unsqueeze", "squeeze", "narrow", "select", "slice",
+    "split", "split_with_sizes", "chunk", "unbind", "alias", "detach", "as_strided", "movedim",
+    "swapaxes", "swapdims", "diagonal", "unfold", "identity", "sym_size", "sym_numel", "sym_stride",
+    "sym_storage_offset", "size", "dim", "numel",
+})
+"""Ops that launch no kernel: views and metadata (see the module docstring)."""
+DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
+"""``op(input, p, train)``: no kernel unless ``train``."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,9 @@ class Selection:
     def modules(self) -> list[fx.GraphModule]:
         """The pieces as GraphModules, built with `graft_fx.split` (see the module docstring).
 
-        They share their submodules with the model: moving them to a device moves the model's.
+        They hold the model's own tensors: ``.to(device)`` on a piece moves the model's parameters
+        in place (and rebinds the buffers in that piece only), so copy a piece before moving it,
+        as `graft_fx.serving.measure` does.
         """
         _, rest = _cuts.split(self.model, self.cuts[0], self.example)
         out = []
@@ -185,49 +201,48 @@ def piece_costs(model: Any, example: Any, pieces: int = 10) -> tuple[tuple[Piece
     return s.pieces, s.costs()
 
 
-def _op_name(a: Analysis, node: fx.Node) -> tuple[str, Any]:
-    """A short name of what ``node`` runs, and its module for ``call_module``."""
-    if node.op == "call_module":
-        module = fetch_attr(a.gm, node.target)
-        return type(module).__name__, module
+def _op_name(node: fx.Node) -> str:
+    """The name of the op ``node`` runs, without namespace or overload: ``aten.conv2d.default`` ->
+    ``"conv2d"``, ``aten.sym_size.int`` -> ``"sym_size"``, ``operator.getitem`` -> ``"getitem"``."""
     target = node.target
     if isinstance(target, str):
-        return target, None
-    name = getattr(target, "__name__", None) or str(target)
-    # aten overloads print as "aten.conv2d.default": keep the op name alone
-    name = str(getattr(target, "_opname", name))
-    return name.split(".")[-1] if "." in name else name, None
+        return target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._opname
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[-1]
+    return getattr(target, "__name__", None) or str(target)
 
 
 def _tensor_bytes(value: Any) -> int:
+    """Bytes of a tensor (or of the tensors in a tuple or list) at the example's sizes."""
     if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
+        return math.prod(int(hint(d)) for d in value.shape) * value.element_size()
     if isinstance(value, (tuple, list)):
         return sum(_tensor_bytes(v) for v in value)
     return 0
 
 
+def _launches_nothing(op: str, node: fx.Node) -> bool:
+    if op in VIEW_OPS:
+        return True
+    if op in DROPOUT_OPS:
+        train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", True)
+        return train is False
+    return False
+
+
 def layer_cost(a: Analysis, node: fx.Node) -> LayerCost:
     """The `LayerCost` of one node of an analysed graph (see the module docstring)."""
     facts = a.facts[node]
-    op, module = _op_name(a, node)
+    op = _op_name(node)
     flops = int(facts.flops_per_row)
-    if node.op in ("placeholder", "get_attr", "output") or not facts.depends_on_input:
+    if node.op != "call_function" or not facts.depends_on_input:
         return LayerCost(node.name, op, "memory", 0, flops, 0, 0, 0)
-    if module is not None:
-        no_kernel = isinstance(module, NO_KERNEL_MODULES)
-        kernels = ATTENTION_KERNELS if isinstance(module, torch.nn.MultiheadAttention) else 1
-        kind = ("conv" if isinstance(module, CONV_MODULES) else
-                "matmul" if isinstance(module, MATMUL_MODULES) or flops else "memory")
-        weights = sum(_tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
-    else:
-        no_kernel = op.lower() in VIEW_OPS
-        kernels = 1
-        kind = "conv" if op in CONV_OPS else "matmul" if flops else "memory"
-        weights = sum(_tensor_bytes(a.facts[i].value) for i in node.all_input_nodes
-                      if a.facts[i].kind is Kind.CONST)
-    if no_kernel or not facts.is_tensor and facts.kind is not Kind.ROWS:
+    kind = "conv" if op in CONV_OPS else "matmul" if op in MATMUL_OPS or flops else "memory"
+    if _launches_nothing(op, node) or not facts.is_tensor and facts.kind is not Kind.ROWS:
         return LayerCost(node.name, op, kind, 0, flops, 0, 0, 0)
+    weights = sum(_tensor_bytes(a.facts[i].value) for i in node.all_input_nodes if a.facts[i].kind is Kind.CONST)
     reads = sum(a.facts[i].bytes_per_row for i in node.all_input_nodes if a.facts[i].kind is Kind.ROWS)
     writes = facts.bytes_per_row if facts.kind is Kind.ROWS else _tensor_bytes(facts.value)
-    return LayerCost(node.name, op, kind, kernels, flops, weights, reads, writes)
+    return LayerCost(node.name, op, kind, 1, flops, weights, reads, writes)

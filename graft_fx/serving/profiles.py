@@ -29,7 +29,7 @@ JSON (one file may hold several models; ``sm_count`` set means shares are keyed 
 
     {"device": "NVIDIA H200", "sm_count": 132, "source": "measured", "batches": [1, 2, 4, ...],
      "models": {"resnet50": {"input_side": 224, "pieces": [
-        {"from": "x", "to": "relu", "flops_share": 0.03, "activation_bytes": 602112,
+        {"from": "x", "to": "relu_", "flops_share": 0.03, "activation_bytes": 602112,
          "row_shape": [3, 224, 224], "latency_ms": {"0": {"1": 0.095, ...}, "16": {...}},
          "latency_p99_ms": {...}}]}}}
 """

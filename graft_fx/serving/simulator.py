@@ -193,7 +193,9 @@ def fragment_cuts(profile: Profile, costs: ModelCosts) -> list[int]:
     missing = [name for name in profile.fragments if name not in index]
     if missing:
         raise GraftError(f"the profile's cuts {missing} are not cut points of the model "
-                         f"(it has {[c.name for c in costs.cuts]}): was the profile made for another model?")
+                         f"(it has {[c.name for c in costs.cuts]}): was the profile made for another model, or "
+                         "before graft_fx named cuts by their ATen graph nodes (torch.fx names such as "
+                         "'layer1_2_relu_2')? Measure it again")
     return [index[name] for name in profile.fragments]
 
 

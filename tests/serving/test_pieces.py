@@ -59,8 +59,8 @@ def test_piece_modules_compose_back_to_the_model():
 
 def test_cuts_can_be_named_explicitly_and_must_exist():
     model = net()
-    s = select(model, example(), at=["_3", "input_1"])
-    assert [(p.start, p.end) for p in s.pieces] == [("input_1", "_3"), ("_3", "output")]
+    s = select(model, example(), at=["relu_1", "input_1"])
+    assert [(p.start, p.end) for p in s.pieces] == [("input_1", "relu_1"), ("relu_1", "output")]
     with pytest.raises(GraftError, match="not cut points"):
         select(model, example(), at=["input_1", "nowhere"])
 
@@ -69,18 +69,52 @@ def test_conv_and_linear_costs_follow_the_formulas():
     model = net()
     s = select(model, example(), at=["input_1"])
     costs = {c.name: c for c in s.costs()[0]}
-    conv = costs["_2"]  # Conv2d(8, 16, 3, stride=2) on 8 x 8 x 8 -> 16 x 3 x 3
+    conv = costs["conv2d_1"]  # Conv2d(8, 16, 3, stride=2) on 8 x 8 x 8 -> 16 x 3 x 3
     assert conv.kind == "conv" and conv.kernels == 1
     assert conv.flops_per_row == 2 * 8 * 16 * 3 * 3 * (3 * 3)   # 2 per multiply-add, no bias term
     assert conv.weight_bytes == (16 * 8 * 3 * 3 + 16) * 4
     assert conv.read_bytes_per_row == 8 * 8 * 8 * 4 and conv.write_bytes_per_row == 16 * 3 * 3 * 4
-    first = costs["_0"]  # Conv2d(3, 8, 3, padding=1) on 3 x 8 x 8
+    first = costs["conv2d"]  # Conv2d(3, 8, 3, padding=1) on 3 x 8 x 8
     assert first.flops_per_row == 2 * 3 * 8 * 9 * 64
-    linear = costs["_6"]
+    linear = costs["linear"]
     assert linear.kind == "matmul" and linear.flops_per_row == 2 * 144 * 10
     assert linear.weight_bytes == (144 * 10 + 10) * 4
-    relu = costs["_1"]
+    relu = costs["relu"]
     assert relu.kind == "memory" and relu.flops_per_row == 0 and relu.kernels == 1
     assert relu.read_bytes_per_row == relu.write_bytes_per_row == 8 * 64 * 4
-    for view in ("_4", "_5"):  # Flatten, Dropout in eval: no kernel, no traffic
+    for view in ("flatten", "dropout"):  # Flatten, Dropout in eval: no kernel, no traffic
         assert costs[view].kernels == 0 and costs[view].read_bytes_per_row == 0
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        y = self.norm(x)
+        return x + self.attn(y, y, y, need_weights=False)[0]
+
+
+def test_attention_costs_go_by_aten_op():
+    torch.manual_seed(0)
+    model = Attention().eval()
+    s = select(model, torch.randn(1, 5, 16), at=["x"])
+    layers = s.costs()[0]
+    by_op = {}
+    for c in layers:
+        by_op.setdefault(c.op, []).append(c)
+    sdpa, = by_op["scaled_dot_product_attention"]  # 2 heads of 8 over 5 tokens
+    assert sdpa.kind == "matmul" and sdpa.kernels == 1
+    assert sdpa.flops_per_row == 2 * 2 * 5 * 5 * (8 + 8)  # q k^T and p v
+    assert sdpa.read_bytes_per_row == 3 * 5 * 16 * 4 and sdpa.write_bytes_per_row == 5 * 16 * 4
+    projections = by_op["linear"]  # the input projection (3 x 16 x 16) and the output projection
+    assert [c.flops_per_row for c in projections] == [2 * 5 * 16 * 48, 2 * 5 * 16 * 16]
+    assert [c.weight_bytes for c in projections] == [(48 * 16 + 48) * 4, (16 * 16 + 16) * 4]
+    assert all(c.kind == "matmul" and c.kernels == 1 for c in projections)
+    assert by_op["layer_norm"][0].kind == "memory" and by_op["layer_norm"][0].weight_bytes == 2 * 16 * 4
+    for op in ("view", "transpose", "select", "unflatten", "permute", "reshape"):
+        assert all(c.kernels == 0 and c.read_bytes_per_row == c.write_bytes_per_row == 0 for c in by_op.get(op, [])), op
+    assert by_op["view"] and by_op["transpose"]
+    assert sum(c.flops_per_row for c in layers) == sdpa.flops_per_row + sum(c.flops_per_row for c in projections)
