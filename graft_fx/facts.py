@@ -17,8 +17,9 @@ its shape, not a guess from example runs:
 The same pass counts FLOPs per row: ``torch.utils.flop_counter``'s formulas (at the example's
 concrete shapes, divided by its batch) for the ops it knows, and the formulas below for the
 composite ops that export's training IR keeps (``linear``, ``conv2d``, ``matmul``,
-``scaled_dot_product_attention``). Only matrix products and convolutions count, as in
-``FlopCounterMode``.
+``scaled_dot_product_attention``). Any other composite op (``einsum``, ``tensordot``,
+``bilinear``) runs once on meta tensors under ``FlopCounterMode``, which counts what it
+decomposes into. Only matrix products and convolutions count, as in ``FlopCounterMode``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sympy
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
-from torch.utils.flop_counter import conv_flop_count, flop_registry
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry
 
 aten = torch.ops.aten
 
@@ -170,6 +171,24 @@ FLOP_FORMULAS = {
 """FLOPs of composite ops that export's training IR keeps, over concrete shapes."""
 
 
+def _composite(op: Any) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+
+
+def _meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty(tuple(int(hint(d)) for d in x.shape), dtype=x.dtype, device="meta")
+    return hint(x)
+
+
+def _counted_on_meta(node: fx.Node) -> int:
+    """FLOPs of a composite op, counted in what it decomposes into, on meta tensors."""
+    args, kwargs = pytree.tree_map(_meta, fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val")))
+    with FlopCounterMode(display=False) as counter:
+        node.target(*args, **kwargs)
+    return counter.get_total_flops()
+
+
 def flops(node: fx.Node) -> int:
     """FLOPs of one node at the example's concrete shapes (0 for ops without a formula)."""
     packet = getattr(node.target, "overloadpacket", None)
@@ -182,6 +201,8 @@ def flops(node: fx.Node) -> int:
             return int(FLOP_FORMULAS[packet](*args, out=out, **kwargs))
         if packet in flop_registry:
             return int(flop_registry[packet](*args, out_val=out, **kwargs))
+        if _composite(node.target):
+            return int(_counted_on_meta(node))
     except Exception:  # noqa: BLE001 - an odd signature costs a FLOP estimate, never a result
         return 0
     return 0

@@ -52,3 +52,16 @@ def test_flops_per_row_match_the_flop_counter(layer, shape):
     with FlopCounterMode(display=False) as counter:
         layer(torch.randn(1, *shape))
     assert sum(a.facts[n].flops_per_row for n in a.nodes) == counter.get_total_flops()
+
+
+def test_composite_ops_count_what_they_decompose_into():
+    class Einsum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 5))
+
+        def forward(self, x):
+            return torch.einsum("bij,jk->bik", x, self.w)
+
+    a = analyze(Einsum(), torch.randn(2, 4, 6))
+    assert sum(a.facts[n].flops_per_row for n in a.nodes) == 2 * 4 * 6 * 5
