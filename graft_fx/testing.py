@@ -4,6 +4,7 @@
                                  rows each (0 included), seeded random inputs
     batch_sizes(n), presence(n)  the pieces ``calls`` draws from
     random_inputs(rm, sizes)     random inputs matching ``rm.input_specs``, without hypothesis' help
+    assert_close(a, e)           torch.testing.assert_close with slack for batched kernels
     assert_equivalent(rm, args)  ``graft_fx.verify.assert_equivalent``: rm(*args) against each
                                  fragment run alone; raises GraftError naming the fragment and node
 
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .verify import assert_equivalent, random_rows
+from .verify import assert_close, assert_equivalent, random_rows
 
 try:
     from hypothesis import strategies as st
@@ -34,7 +35,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides hy
         "(or pip install -e '.[dev]' in a graft_fx checkout)"
     ) from e
 
-__all__ = ["assert_equivalent", "batch_sizes", "calls", "presence", "random_inputs"]
+__all__ = ["assert_close", "assert_equivalent", "batch_sizes", "calls", "presence", "random_inputs"]
 
 
 def _check_count(n: int) -> None:
