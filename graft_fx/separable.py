@@ -404,6 +404,23 @@ def slice_rule(site: Site) -> Result:
     return _private("it slices the batch's dim")
 
 
+def scatter_along(site: Site) -> Result:
+    """``slice_scatter``/``select_scatter(x, src, dim, ...)``: writes ``src`` into a slice of a dim
+    other than the batch's; functionalization makes them of in-place writes to views."""
+    x, src = site.arg(0), site.arg(1)
+    lay, src_lay = site.layout(x), site.layout(src)
+    dims = _dims(site.lit(2, 0), site.ndim(x))
+    whole = site.lit(3) in (None, 0) and isinstance(site.lit(4), int) and site.lit(4) >= 2**62 and site.lit(5, 1) == 1
+    if str(site.node.target).startswith("aten.slice_scatter") and whole and lay == src_lay:
+        return Result(lay)  # the whole of every dim: a copy of src
+    if not isinstance(lay, Layout) or dims is None or lay.dim in dims:
+        return _private("it writes along the batch's dim, or into a tensor without rows")
+    expected = lay.moved(lay.dim - (site.ndim(src) < site.ndim(x) and min(dims) < lay.dim))
+    if src_lay != expected:
+        return _private("the rows it writes do not line up with the rows it writes into")
+    return Result(lay)
+
+
 def stack(site: Site) -> Result:
     rows = site.rows_args()
     layouts = {lay for _, _, lay in rows}
@@ -625,6 +642,8 @@ RULES: dict[str, Rule] = {
     "cat": Rule(along_keep(1), "joins along a dim other than the batch's"),
     "concat": Rule(along_keep(1), "joins along a dim other than the batch's"),
     "stack": Rule(stack, "stacks samples' tensors in a new dim"),
+    "slice_scatter": Rule(scatter_along, "writes into a slice of a dim other than the batch's"),
+    "select_scatter": Rule(scatter_along, "writes into an index of a dim other than the batch's"),
     "constant_pad_nd": Rule(padding, "pads dims other than the batch's"),
     "pad": Rule(padding, "pads dims other than the batch's"),
     "repeat": Rule(repeat, "repeats dims other than the batch's"),

@@ -77,6 +77,7 @@ SHARED = {
     "attention": (lambda s, x: F.scaled_dot_product_attention(x, x, x), None),
     "view with a size from the batch": (lambda s, x: x.view(x.shape[0] * 4, 36), None),
     "zeros of the batch size": (lambda s, x: x + torch.zeros(x.size(0), 1, 1, 1), None),
+    "in place on a slice": (lambda s, x: x.clone()[:, :2].relu_(), None),
 }
 
 PRIVATE_KEEPS_ROWS = {
