@@ -17,16 +17,19 @@ These functions are called from realigned graphs at run time, so they are small 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The batch of a tensor lives in ``dim``, of size ``outer * batch * inner``, row-major."""
+class Layout(NamedTuple):
+    """The batch of a tensor lives in ``dim``, of size ``outer * batch * inner``, row-major.
+
+    A NamedTuple so that fx writes it into generated code as ``Layout(0, 1, 196)`` with the type
+    imported; a tuple of Layouts (and None) is the layout of a tuple value, so test for Layout
+    before testing for tuple.
+    """
 
     dim: int
     outer: int = 1

@@ -550,7 +550,7 @@ def getitem(site: Site) -> Result:
     """An element of a tuple output: its layout is that element's."""
     container, index = site.arg(0), site.arg(1)
     lay = site.layout(container)
-    if isinstance(lay, tuple) and isinstance(index, int):
+    if isinstance(lay, tuple) and not isinstance(lay, Layout) and isinstance(index, int):
         return Result(lay[index]) if lay[index] is not None else Result()
     return _private("it indexes a value that is not a tuple of rows")
 
@@ -599,6 +599,8 @@ ALONG_OPS = {  # name: dims position; keeps each sample's rows even along the ba
     "logcumsumexp": 1, "flip": 1, "roll": 2, "sort": 1, "topk": 2,
 }
 
+DROPOUTS = ("dropout", "native_dropout", "feature_dropout", "alpha_dropout")
+
 CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
           "sym_constrain_range_for_size", "_assert"}
 """Runtime checks that export inserts: run per fragment, never shared, never reported."""
@@ -616,10 +618,7 @@ RULES: dict[str, Rule] = {
     "embedding": Rule(embedding, "looks up each index on its own"),
     "linear": Rule(linear, "contracts the last dim with constant weights"),
     "batch_norm": Rule(batch_norm, "normalises with running statistics (training=False)"),
-    "dropout": Rule(training_flag(2), "the identity when train=False"),
-    "native_dropout": Rule(training_flag(2), "the identity when train=False"),
-    "feature_dropout": Rule(training_flag(2), "the identity when train=False"),
-    "alpha_dropout": Rule(training_flag(2), "the identity when train=False"),
+    **{n: Rule(training_flag(2), "the identity when train=False") for n in DROPOUTS},
     "layer_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
     "native_layer_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
     "rms_norm": Rule(norm_last_dims(1), "normalises the last dims of each sample"),
@@ -714,8 +713,11 @@ def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node,
     if _impure(node):
         return Verdict(Role.PRIVATE, f"{what}: it mutates a tensor")
     if f.kind is Kind.CONST:
-        if _nondeterministic(node):
+        if _nondeterministic(node) and not (name in DROPOUTS and Site(node, facts, verdicts).lit(2) is False):
             return Verdict(Role.PRIVATE, f"{what}: it draws random numbers")
+        varying = [a.name for a in node.all_input_nodes if verdicts[a].role not in (Role.CONST, Role.FOLDED)]
+        if varying:
+            return Verdict(Role.PRIVATE, f"{what}: its input {varying[0]} is not a constant")
         return Verdict(Role.CONST)
     if f.kind is Kind.SCALAR:
         return Verdict(Role.FOLDED)
