@@ -59,10 +59,10 @@ def analyze(fragment: Any, example: Any = None, name: str = "fragment") -> Analy
     key = _state(fragment, example) if cacheable else None
     if cacheable and fragment in _CACHE and _CACHE[fragment][0] == key:
         hit = _CACHE[fragment][1]
-        return Analysis(replace(hit.captured, name=name), hit.facts, hit.verdicts)
+        return Analysis(replace(hit.captured, name=name, call=fragment), hit.facts, hit.verdicts)
     captured = capture(fragment, example, name)
     facts = collect(captured.gm, captured.batch)
     analysis = Analysis(captured, facts, roles(captured.gm, facts))
-    if cacheable:
-        _CACHE[fragment] = (key, analysis)
+    if cacheable:  # the cached copy must not hold the module, or the weak key never dies
+        _CACHE[fragment] = (key, Analysis(replace(captured, call=None), facts, analysis.verdicts))
     return analysis
