@@ -446,6 +446,8 @@ def padding(site: Site) -> Result:
 def repeat(site: Site) -> Result:
     x = site.arg(0)
     lay = site.layout(x)
+    if not isinstance(lay, Layout):
+        return Result(_out_layout(site))  # a constant tiled once per sample: every sample alike
     reps = site.lit(1)
     dim = lay.dim + len(reps) - site.ndim(x)
     if BATCH_VALUE in reps or reps[dim] != 1:
@@ -645,7 +647,7 @@ RULES: dict[str, Rule] = {
     "select_scatter": Rule(scatter_along, "writes into an index of a dim other than the batch's"),
     "constant_pad_nd": Rule(padding, "pads dims other than the batch's"),
     "pad": Rule(padding, "pads dims other than the batch's"),
-    "repeat": Rule(repeat, "repeats dims other than the batch's"),
+    "repeat": Rule(repeat, "repeats dims other than the batch's", sizes=(1,)),
     "matmul": Rule(matmul, "multiplies within each sample, or rows by a constant"),
     "bmm": Rule(matmul, "multiplies within each sample"),
     "mm": Rule(matmul, "multiplies rows by a constant matrix"),

@@ -78,6 +78,7 @@ SHARED = {
     "view with a size from the batch": (lambda s, x: x.view(x.shape[0] * 4, 36), None),
     "zeros of the batch size": (lambda s, x: x + torch.zeros(x.size(0), 1, 1, 1), None),
     "in place on a slice": (lambda s, x: x.clone()[:, :2].relu_(), None),
+    "a constant tiled per sample": (lambda s, x: x + torch.ones(1, 4, 6, 6).repeat(x.shape[0], 1, 1, 1), None),
 }
 
 PRIVATE_KEEPS_ROWS = {
