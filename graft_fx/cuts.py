@@ -115,11 +115,19 @@ def split(model: Any, at: CutPoint | str, example_inputs: Any) -> tuple[fx.Graph
     return _head(a, cut, pos), _tail(a, cut, pos)
 
 
+def _written_before(a: Analysis, node: fx.Node, pos: int) -> bool:
+    """Whether a write-back stores a value computed up to position ``pos`` (in the head)."""
+    return a.nodes.index(node.args[1]) <= pos
+
+
 def _head(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in a.nodes[: pos + 1]:
         env[n] = graph.node_copy(n, env.__getitem__)
+    for n in a.nodes[pos + 1:]:  # the head's in-place updates (a batch norm's counter, say)
+        if a.verdicts[n].role is Role.WRITE and _written_before(a, n, pos) and all(i in env for i in n.all_input_nodes):
+            graph.node_copy(n, env.__getitem__)
     graph.output(env[cut])
     return _module(a, graph, "Head")
 
@@ -152,6 +160,8 @@ def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
 
     for n in a.nodes[pos + 1:]:
         role = a.verdicts[n].role
+        if role is Role.WRITE and _written_before(a, n, pos):
+            continue  # an update the head made: it ran there
         if role in (Role.CHECK, Role.WRITE) and any(i not in env and not _rebuildable(a, i) for i in n.all_input_nodes):
             continue  # a check of, or a write-back to, a value of the head's: it ran there
         env[n] = rebuild(n) if role is Role.FOLDED else graph.node_copy(n, rebuild)

@@ -268,3 +268,15 @@ def test_tail_records_the_crossing_row_shape_and_realigns_without_examples(case)
         assert meta.dtype == crossing.dtype
         (realigned,) = realign_all([tail])(crossing)
         torch.testing.assert_close(realigned, tail(crossing))
+
+
+def test_in_place_updates_stay_on_their_side_of_the_cut():
+    """A batch norm in training mode counts its batches: the head counts them, the tail does not."""
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).train()
+    x = torch.randn(2, 3, 4, 4)
+    cut = [c for c in graft_fx.cut_points(model, x) if c.layer.startswith("1 ")][0]
+    head, tail = graft_fx.split(model, cut, x)
+    first, second = model[0].num_batches_tracked.item(), model[2].num_batches_tracked.item()
+    tail(head(x))
+    assert model[0].num_batches_tracked.item() == first + 1
+    assert model[2].num_batches_tracked.item() == second + 1
