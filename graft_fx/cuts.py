@@ -135,7 +135,7 @@ def _head(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
 def _tail(a: Analysis, cut: fx.Node, pos: int) -> fx.GraphModule:
     graph = fx.Graph()
     placeholder = graph.placeholder(cut.name)
-    placeholder.meta.update(cut.meta)
+    placeholder.meta["val"] = cut.meta["val"]  # its shape, not the layer that made it: that ran in the head
     env: dict[fx.Node, Any] = {cut: placeholder}
     batch = a.captured.batch
     rows: list[fx.Node] = []
