@@ -5,7 +5,7 @@ import torch.nn as nn
 
 import graft_fx
 from graft_fx.separable import Role
-from models import example, fragments, seeded, realign_all
+from models import fragments, seeded, realign_all
 
 
 def classes_of(tails):

@@ -1,6 +1,5 @@
 """The plan: segments, batched FLOPs, and its printed table."""
 
-import graft_fx
 from graft_fx.plan import Plan, Segment, Unshared
 from models import fragments, seeded, realign_all
 
