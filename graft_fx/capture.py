@@ -17,7 +17,8 @@ what eager PyTorch actually runs and fragments from different sources share with
   In-place ops (``relu_``, ``add_``) are rewritten to their functional forms when the mutated
   tensor is a plain value (no view of it exists); otherwise, and for higher-order ops (autocast,
   ``set_grad_enabled`` regions), the program is functionalized by
-  ``ExportedProgram.run_decompositions({})``, which inlines them and decomposes nothing else.
+  ``ExportedProgram.run_decompositions({})``, which inlines them (and respells a few ops, which
+  ``canonical.py`` spells back, so that both kinds of capture share).
 * **Lifted.** Parameters, buffers and constants become ``get_attr`` nodes on the very tensors the
   fragment owns (no copies); user inputs stay placeholders; the user outputs are the output
   leaves. A mutation of a user input or a buffer is applied at the end with ``aten.copy_``, as
@@ -44,6 +45,7 @@ import torch.utils._pytree as pytree
 from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
+from .canonical import canonicalize
 from .errors import GraftError, TraceError
 from .facts import hint
 
@@ -262,7 +264,8 @@ def _needs_functionalization(graph: fx.Graph) -> bool:
 
 
 def _lift(ep: ExportedProgram, name: str) -> tuple[fx.GraphModule, list[Any]]:
-    """The program as a GraphModule with get_attr weights, and its user output leaves.
+    """The program as a canonical GraphModule (``canonical.py``) with get_attr weights, and its
+    user output leaves.
 
     In-place ops left in the graph (those ``_needs_functionalization`` let through) become their
     functional forms; later uses of the mutated value read the result instead. What a fragment
@@ -310,8 +313,9 @@ def _lift(ep: ExportedProgram, name: str) -> tuple[fx.GraphModule, list[Any]]:
     for origin, value in latest.items():
         copy = graph.call_function(torch.ops.aten.copy_.default, (origin, value))
         copy.meta["val"] = origin.meta.get("val")
-    graph.output(tuple(leaves))
-    return fx.GraphModule(root, graph, class_name="Captured"), leaves
+    output = graph.output(tuple(leaves))
+    gm = canonicalize(fx.GraphModule(root, graph, class_name="Captured"))
+    return gm, list(output.args[0])
 
 
 def _batch_symbol(gm: fx.GraphModule, name: str) -> sympy.Symbol:

@@ -6,6 +6,11 @@ batch, and rows of the same shape, dtype and layout (the batch aside). Node and 
 never enter a key, so fragments built, exported and loaded separately align as well as fragments
 cut from one instance.
 
+A reshape is keyed by its input and its output's shape, not by how its sizes were spelled:
+``flatten(x, 1)`` and ``reshape(x, [s, 512])`` give the same values whenever ``x`` and the output
+shape agree, and a program functionalized by ``run_decompositions`` spells every reshape as a view
+(``canonical.py`` respells views as ``reshape``).
+
 Weights are compared by value through a ``TensorInterner``: the same tensor object is recognised
 at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device and a few sampled
 values) and confirmed with an exact ``torch.equal`` before they share a number.
@@ -21,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from .canonical import RESHAPES
 from .capture import fetch_attr
 from .facts import Facts
 from .separable import Role, Verdict
@@ -115,5 +121,8 @@ class KeyMaker:
             return ("rows", f.pattern, f.dtype, verdicts[a].layout) if f.parts is None else (
                 "rows", tuple((p.pattern, p.dtype) for p in f.parts), verdicts[a].layout)
 
+        if node.target in RESHAPES:
+            out = facts[node]
+            return ("reshape", arg(node.args[0]), out.pattern, out.dtype, verdicts[node].layout)
         leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
         return (node.op, node.target, str(spec), tuple(arg(a) for a in leaves))

@@ -637,10 +637,8 @@ def networks(draw, allow_unshareable: bool = False, inplace_on_views: bool = Tru
     """Draws a random image-then-feature network and its example input; see the module doc.
 
     With ``inplace_on_views=False``, in-place ops (activations, ``add_``, in-place hooks) only
-    write to values that are not views. Capture functionalizes a program that writes to a view,
-    which (as of this writing) rewrites other ops too, so the fragment shares nothing with one
-    captured without it: see test_regressions_found.py. Sharing properties draw networks with
-    ``inplace_on_views=False`` until that is fixed."""
+    write to values that are not views, so capture takes its cheaper path (no
+    ``run_decompositions``); the properties draw both kinds."""
     image_slots, feature_slots = _slots(draw, allow_unshareable)
     shape = (draw(st.integers(1, 6)), draw(st.integers(4, 8)), draw(st.integers(4, 8)))
     seed = draw(st.integers(0, 2**32 - 1))

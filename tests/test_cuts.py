@@ -100,7 +100,7 @@ class TinyViT(nn.Module):
         x = x.reshape(n, 8, 4).permute(0, 2, 1)
         x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
         x = x + self.mlp(self.norm(x))
-        x = self.norm(x).reshape(n, 5, 8)
+        x = self.norm(x).reshape(n, 5, 8)  # a reshape to its own shape: canonical capture drops it
         return self.head(x[:, 0])
 
 
@@ -138,7 +138,7 @@ CASES = [  # node names of the captured ATen graph
     Case("inception", Inception, ((3, 6, 6),), {"x", "conv2d", "relu", "cat", "mean"},
          {"conv2d_1", "conv2d_2", "conv2d_3", "max_pool2d", "conv2d_4"}),
     Case("dense", Dense, ((3, 6, 6),), {"x", "conv2d", "cat", "cat_1"}, {"conv2d_1", "conv2d_2"}),
-    Case("vit", TinyViT, ((3, 8, 8),), {"x", "conv2d", "reshape", "permute", "cat", "add", "layer_norm_1", "reshape_1"},
+    Case("vit", TinyViT, ((3, 8, 8),), {"x", "conv2d", "reshape", "permute", "cat", "add", "layer_norm_1"},
          {"expand", "layer_norm", "linear"}),
     Case("two_inputs", TwoInputs, ((3, 6, 6), (5,)), {"cat", "relu"}, {"image", "meta", "conv2d", "flatten", "linear"}),
 ]

@@ -48,14 +48,8 @@ MAX_FRAGMENTS = 4
 FORMS = ("tail", "module", "graph", "exported")
 NOT_COMPUTING = (Role.INPUT, Role.CONST, Role.FOLDED, Role.CHECK, Role.WRITE)
 
-# The sharing properties draw networks that write in place only to values that are not views.
-# Capture functionalizes a program that writes to a view (run_decompositions), which also
-# rewrites batch norms and reshapes, so such a fragment shares nothing with fragments captured
-# without it: test_regressions_found.py pins that gap with a strict xfail. Drop
-# `inplace_on_views=False` here when it passes. Equivalence and presence properties draw every
-# network.
-SHAREABLE = networks(inplace_on_views=False)
-UNSHAREABLE = networks(allow_unshareable=True, inplace_on_views=False).filter(lambda d: d.unshareable)
+SHAREABLE = networks()
+UNSHAREABLE = networks(allow_unshareable=True).filter(lambda d: d.unshareable)
 
 
 class Fragment(NamedTuple):

@@ -1,6 +1,6 @@
 """Failures that the property tests (test_realign_properties.py, on nets.py networks) found,
 minimized. Those the core does not handle yet are marked xfail(strict=True): when one starts
-passing, remove its mark (and the workaround named in its reason).
+passing, remove its mark (and the workaround named in its reason). None is open now.
 
 Both are missed sharing, not wrong results: each test first checks that the realigned module
 still computes what the fragments compute.
@@ -12,15 +12,14 @@ still computes what the fragments compute.
   functionalized fragment   a fragment that writes to a view is captured through
                             ``run_decompositions``, which also rewrites ops it did not need to
                             (batch_norm -> _native_batch_norm_legit_no_training + getitem,
-                            reshape/flatten -> view): its layers no longer match the same
-                            layers in a fragment captured without it, and nothing is shared
+                            reshape/flatten -> view): its layers matched nothing in a fragment
+                            captured without it (fixed: canonical.py spells both alike)
 """
 
 from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 import torch.nn as nn
 
@@ -28,7 +27,6 @@ import graft_fx.testing
 from graft_fx.separable import Role
 from models import realign_all
 
-WORKAROUND = "nets.networks(inplace_on_views=False) in test_realign_properties.py's sharing properties"
 
 
 def calls(rm: graft_fx.RealignedModule, examples: list[torch.Tensor]) -> list[list]:
@@ -83,8 +81,6 @@ class Whole(nn.Module):
         return self.tail(h)
 
 
-@pytest.mark.xfail(strict=True, reason="capture's run_decompositions({}) also rewrites batch_norm and "
-                   f"reshape/flatten, so the same layers get different keys; workaround: {WORKAROUND}")
 def test_functionalized_fragment_shares_with_a_plain_one():
     torch.manual_seed(0)
     tail = Tail().eval()
