@@ -207,15 +207,28 @@ def pointwise(site: Site) -> Result:
 
 
 def batch_dim_zero(site: Site) -> Result:
-    """Convolutions, pooling, channel norms: the batch must be dim 0 alone of the first input."""
+    """Convolutions, pooling, channel norms, eval batch norm, upsampling, pads, pixel shuffles,
+    unfold and fold: ops that compute output index ``j`` of dim 0 from input index ``j`` of dim 0
+    alone (and from weights), the same way for every ``j``.
+
+    So any layout with the batch in dim 0 is separable, not only ``Layout(0)``: with a folded
+    batch (``Layout(0, inner=k)`` after ``x.flatten(0, 1)``, or ``outer > 1``) each index of dim
+    0 is still computed on its own, output index ``j`` belongs to the sample input index ``j``
+    belongs to, and the output (every tuple part with rows) keeps the input's layout. Two things
+    would break that and keep the op private: weight arguments that depend on the batch (they
+    would pair one fragment's rows with another's weights), and an unbatched input (``UNBATCHED``:
+    a 3-d input of ``conv2d`` or ``pixel_shuffle``), whose dim 0 the op reads as channels.
+    """
     first = site.arg(0)
     lay = site.layout(first)
     stray = [n.name for i, n, _ in site.rows_args() if i != 0]
     if stray:
         return _private(f"its weight arguments {stray} depend on the batch")
-    if lay != Layout(0):
-        return _private(f"it expects the batch in dim 0, but its input holds it as {lay}")
-    return Result(_per_output(site, Layout(0)))
+    if not isinstance(lay, Layout) or lay.dim != 0:
+        return _private(f"it works within each index of dim 0, but its input holds the batch as {lay}")
+    if site.ndim(first) <= UNBATCHED.get(op_name(site.node), -1):
+        return _private("its input is unbatched, so it reads dim 0 (the batch's) as channels")
+    return Result(_per_output(site, lay))
 
 
 def _per_output(site: Site, layout: Layout) -> Any:
@@ -507,22 +520,149 @@ def attention(site: Site) -> Result:
     return Result(Layout(dim, outer, inner))
 
 
+FILLED_OPS = frozenset(("zeros", "ones", "full", "new_zeros", "new_ones", "new_full",
+                        "zeros_like", "ones_like", "full_like"))
+"""Fills whose every element is one known value (not ``empty``: its contents are whatever
+memory held, so they differ from run to run anyway)."""
+
+
+def _alike_rows(site: Site, node: fx.Node) -> bool:
+    """Whether ``node`` is a shared fill of one value: every index of its batch's dim holds the
+    same elements, so any layout of the same size describes it, and any narrow or concatenation
+    of its rows (whatever layout the gather uses) is again that fill at the new size."""
+    return site.verdicts[node].role is Role.SHARED and op_name(node) in FILLED_OPS
+
+
 def rnn(hidden_is_list: bool) -> Check:
     """``lstm/gru.input(x, hx, params, has_biases, layers, dropout, train, bidirectional,
-    batch_first)``: per sample when x holds the batch in dim 0 (batch_first) or 1, the hidden
-    state in dim 1, and no dropout runs."""
+    batch_first)``: an RNN runs each index of x's batch dim (0 with batch_first, else 1) with
+    index ``j`` of its states' dim 1 through the same recurrence, on its own.
+
+    So it is separable when x holds the batch in that dim with any fold (``outer``, ``inner``:
+    sequencer runs an LSTM over ``x.reshape(B * H, W, C)``), every state holds it in dim 1 with
+    the same fold (index ``j`` of the state then belongs to the sample that index ``j`` of x
+    belongs to), and no dropout runs; the outputs keep x's fold. A state that is a fill of one
+    value (``torch.zeros(layers, x.size(0), hidden)``, or the zeros ``nn.LSTM`` makes when given
+    no state) may carry another fold: the fill rule can only say ``outer=1``, but all its rows
+    are alike, so pairing them with x's rows in x's fold gives the same result. Only the ``.input``
+    overloads: ``.data`` takes packed sequences, whose rows are interleaved by time step.
+    """
     def check(site: Site) -> Result:
+        if site.node.target._overloadname != "input":
+            return _private("it runs packed sequences, whose samples are interleaved by time step")
         if site.lit(6) is not False and site.lit(5) not in (0, 0.0):
             return _private("it applies dropout between layers in training mode")
         x_dim = 0 if site.lit(8) else 1
-        states = _nodes_in(site.arg(1))
-        if site.layout(site.arg(0)) != Layout(x_dim) or any(site.layout(h) != Layout(1) for h in states):
-            return _private("its input or hidden state does not hold the batch where the RNN reads it")
+        lay = site.layout(site.arg(0))
+        if not isinstance(lay, Layout) or lay.dim != x_dim:
+            return _private(f"its input holds the batch as {lay}, not in dim {x_dim} where the RNN reads it")
+        for h in _nodes_in(site.arg(1)):
+            state = site.layout(h)
+            fits = isinstance(state, Layout) and state.dim == 1 and (
+                state.outer == lay.outer and state.inner == lay.inner
+                or state.outer * state.inner == lay.outer * lay.inner and _alike_rows(site, h))
+            if not fits:
+                return _private(f"its hidden state {h.name} does not hold the batch in dim 1 as its input does")
         stray = [n.name for i, n, _ in site.rows_args() if i not in (0, 1)]
         if stray:
             return _private(f"its weights {stray} depend on the batch")
-        return Result((Layout(x_dim), *([Layout(1)] * (2 if hidden_is_list else 1))))
+        return Result((lay, *([lay.moved(1)] * (2 if hidden_is_list else 1))))
     return check
+
+
+def _einsum_terms(equation: str, ndims: list[int]) -> tuple[list[list[Any]], list[Any]] | None:
+    """The label of every dim of each operand and of the output of an einsum, or None if the
+    equation cannot be read. Letters label themselves; the dims an ellipsis covers are labelled
+    by their position in the broadcast ellipsis (ints, right-aligned, as einsum broadcasts them).
+    Without ``->`` the output is the ellipsis dims, then the letters that appear exactly once,
+    in alphabetical order (uppercase first), as ``torch.einsum`` defines it."""
+    equation = "".join(equation.split())
+    lhs, arrow, rhs = equation.partition("->")
+    parts = lhs.split(",")
+    if len(parts) != len(ndims):
+        return None
+    letters = [p.replace("...", "") for p in parts]
+    if not all(t.isalpha() and t.isascii() for t in letters + [rhs.replace("...", "")] if t):
+        return None
+    widths = [nd - len(t) if "..." in p else 0 for p, t, nd in zip(parts, letters, ndims)]
+    if any(p.count("...") > 1 or w < 0 or ("..." not in p and len(p) != nd)
+           for p, w, nd in zip(parts, widths, ndims)):
+        return None
+    ell = max(widths, default=0)
+
+    def expand(term: str, width: int) -> list[Any]:
+        if "..." not in term:
+            return list(term)
+        before, _, after = term.partition("...")
+        return [*before, *range(ell - width, ell), *after]
+
+    terms = [expand(p, w) for p, w in zip(parts, widths)]
+    if arrow:
+        if rhs.count("...") > 1:
+            return None
+        return terms, expand(rhs, ell)
+    counts = [label for t in letters for label in t]
+    return terms, [*range(ell), *sorted(c for c in set(counts) if counts.count(c) == 1)]
+
+
+def einsum(site: Site) -> Result:
+    """``einsum(equation, tensors)``: output element ``o`` is a sum of products of the operands'
+    elements whose labels agree with ``o``'s. If every operand with rows holds the batch in a dim
+    of one label ``L`` with one fold, ``L`` labels no other dim of it and no operand without
+    rows, and ``L`` is in the output (not summed over), then the output's slice ``L = l`` reads
+    only the operands' slices ``L = l`` and constants: the sample that index ``l`` belongs to in
+    the inputs owns index ``l`` of the output's ``L`` dim, in the same fold. Otherwise the sum or
+    a diagonal runs across samples, or a constant operand is indexed by the batch, and the op is
+    private."""
+    operands = site.arg(1)
+    equation = site.lit(0)
+    if not isinstance(equation, str) or not all(isinstance(n, fx.Node) for n in operands):
+        return _private("its equation or operands are not plain values")
+    parsed = _einsum_terms(equation, [site.ndim(n) for n in operands])
+    if parsed is None:
+        return _private(f"its equation {equation!r} could not be read")
+    terms, output = parsed
+    layouts = [site.layout(n) for n in operands]
+    placed = {(term[lay.dim], lay.outer, lay.inner) for term, lay in zip(terms, layouts) if isinstance(lay, Layout)}
+    if len(placed) != 1:
+        return _private("its operands hold the batch under different labels or folds")
+    label, outer, inner = placed.pop()
+    for term, lay in zip(terms, layouts):
+        if term.count(label) > (1 if isinstance(lay, Layout) else 0):
+            return _private(f"the batch's label {label!r} indexes another dim or an operand without rows")
+    if label not in output:
+        return _private("it sums over the batch's dim")
+    return Result(Layout(output.index(label), outer, inner))
+
+
+def repeat_interleave(site: Site) -> Result:
+    """``repeat_interleave(x, repeats, dim, *, output_size)`` (the ``self_int`` and ``self_Tensor``
+    overloads): element ``j`` of ``dim`` becomes elements ``j * k .. j * k + k - 1``.
+
+    Along a dim other than the batch's, each sample's elements are repeated among themselves: the
+    layout is kept (``repeats`` must not depend on the batch). Along the batch's dim, with an int
+    ``k >= 1``: the dim is ``(outer, batch, inner)`` row-major, so element ``(o, b, i)`` is index
+    ``(o * batch + b) * inner + i`` and lands at ``(o * batch + b) * inner * k + i * k + r`` for
+    ``r < k``, which is ``(o, b, i * k + r)`` in ``(outer, batch, inner * k)``: each sample keeps
+    its own elements and the output is ``Layout(dim, outer, inner * k)``. A tensor of repeats along
+    the batch (rows repeated unevenly) and ``dim=None`` (a flattened repeat across samples) stay
+    private."""
+    if site.node.target._overloadname not in ("self_int", "self_Tensor"):
+        return _private("it repeats indices, not a tensor's rows")
+    x = site.arg(0)
+    lay = site.layout(x)
+    stray = [n.name for i, n, _ in site.rows_args() if i != 0]
+    if stray or not isinstance(lay, Layout):
+        return _private(f"its repeats {stray} depend on the batch, or its input has no rows")
+    dims = _dims(site.lit(2), site.ndim(x))
+    if dims is None:
+        return _private("it flattens the input (dim=None), repeating across samples")
+    if lay.dim not in dims:
+        return Result(lay)
+    k = site.lit(1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        return _private("it repeats the batch's rows by a tensor or a size that is not a positive constant")
+    return Result(Layout(lay.dim, lay.outer, lay.inner * k))
 
 
 def embedding(site: Site) -> Result:
@@ -583,8 +723,13 @@ upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_bilinear2d ups
 upsample_linear1d upsample_trilinear3d _upsample_nearest_exact2d _upsample_bilinear2d_aa
 prelu _prelu_kernel pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle group_norm instance_norm
 _native_batch_norm_legit_no_training reflection_pad1d reflection_pad2d reflection_pad3d
-replication_pad1d replication_pad2d replication_pad3d
+replication_pad1d replication_pad2d replication_pad3d im2col col2im
 """.split()
+
+UNBATCHED = {  # name: the input ndim of its unbatched form, whose dim 0 the op reads as channels
+    "conv1d": 2, "conv2d": 3, "conv3d": 4, "conv_transpose1d": 2, "conv_transpose2d": 3, "conv_transpose3d": 4,
+    "pixel_shuffle": 3, "pixel_unshuffle": 3, "im2col": 3, "col2im": 2,
+}
 
 RESHAPE_OPS = "view reshape _unsafe_view unflatten flatten unsqueeze view_as reshape_as".split()
 
@@ -612,7 +757,7 @@ RULES: dict[str, Rule] = {
     **{n: Rule(fill, "filled with constants: all rows alike", sizes=(0,)) for n in FILL_OPS},
     **{n: Rule(fill, "filled with constants: all rows alike", sizes=(1,)) for n in NEW_FILL_OPS},
     **{n: Rule(fill, "filled with constants: all rows alike") for n in LIKE_FILL_OPS},
-    **{n: Rule(batch_dim_zero, "works within each sample of dim 0") for n in DIM0_OPS},
+    **{n: Rule(batch_dim_zero, "works within each index of dim 0, where the batch is") for n in DIM0_OPS},
     **{n: Rule(reshape, "a reshape that keeps each sample's elements contiguous", sizes=(1, 2)) for n in RESHAPE_OPS},
     **{n: Rule(along(p, d, k, keeps=False), "reduces dims other than the batch's") for n, (p, d, k) in REDUCTIONS.items()},
     **{n: Rule(along(p), "works along a dim other than the batch's") for n, p in ALONG_OPS.items()},
@@ -653,6 +798,8 @@ RULES: dict[str, Rule] = {
     "mm": Rule(matmul, "multiplies rows by a constant matrix"),
     "addmm": Rule(addmm, "multiplies rows by a constant matrix"),
     "scaled_dot_product_attention": Rule(attention, "attends within each sample"),
+    "einsum": Rule(einsum, "sums products within each index of the batch's label"),
+    "repeat_interleave": Rule(repeat_interleave, "repeats elements within each sample", sizes=(3,)),
     "lstm": Rule(rnn(True), "runs each sample's sequence on its own"),
     "gru": Rule(rnn(False), "runs each sample's sequence on its own"),
     "getitem": Rule(getitem, "takes one element of a tuple"),

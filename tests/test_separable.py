@@ -1,14 +1,18 @@
 """The rule table: which ops are shared, which stay private (and keep their rows), and why."""
 
+import copy
+
 import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+import graft_fx.testing
 from graft_fx.analysis import analyze
-from graft_fx.rows import Layout
-from graft_fx.separable import Role
+from graft_fx.rows import Layout, take_rows
+from graft_fx.separable import Role, op_name
+from models import realign_all
 
 
 def unknown(x):
@@ -192,3 +196,234 @@ def test_lstm_with_batch_first_is_shared():
     a = analyze(Recurrent().eval(), torch.randn(2, 4, 6))
     (lstm,) = [n for n in a.nodes if str(n.target) == "aten.lstm.input"]
     assert a.verdicts[lstm].role is Role.SHARED
+
+
+# --- folded batches, unfold/fold, einsum, repeat_interleave, RNNs on folded batches -------------
+
+
+def op_verdict(op, name, module=None, shape=(4, 6, 6)):
+    """The verdict on the last node of ATen op ``name`` (overload packet) in ``op``'s graph."""
+    probe = Probe(op, module).eval()
+    a = analyze(probe, torch.randn(2, *shape))
+    (*_, node) = [n for n in a.nodes if op_name(n) == name]
+    return a.verdicts[node]
+
+
+def inner4(x):
+    """(B, 4, 6, 6) -> (4B, 6, 6): sample b owns rows 4b .. 4b + 3, ``Layout(0, inner=4)``."""
+    return x.flatten(0, 1)
+
+
+def outer4(x):
+    """(B, 4, 6, 6) -> (4B, 6, 6): channel c of sample b is row c * B + b, ``Layout(0, outer=4)``."""
+    return x.transpose(0, 1).flatten(0, 1)
+
+
+def outer2_inner2(x):
+    """(B, 4, 6, 6) -> (4B, 36): ``Layout(0, outer=2, inner=2)``, row (o * B + b) * 2 + i."""
+    return x.reshape(x.shape[0], 2, 2, 36).transpose(0, 1).flatten(0, 2)
+
+
+FOLDED = Layout(0, 1, 4)
+OUTER = Layout(0, 4, 1)
+
+LAYOUTS = {  # name: (op, module, ATen op, the layout of its output)
+    "conv on a folded batch": (lambda s, x: s.m(inner4(x)), nn.Conv1d(6, 3, 3), "conv1d", FOLDED),
+    "conv on an outer fold": (lambda s, x: s.m(outer4(x)), nn.Conv1d(6, 3, 3), "conv1d", OUTER),
+    "eval batch norm on a folded batch": (lambda s, x: s.m(inner4(x)), nn.BatchNorm1d(6), "batch_norm", FOLDED),
+    "group norm on an outer fold": (lambda s, x: s.m(outer4(x)), nn.GroupNorm(2, 6), "group_norm", OUTER),
+    "pooling on a folded batch": (lambda s, x: F.max_pool1d(inner4(x), 2), None, "max_pool1d", FOLDED),
+    "reflection pad on an outer fold": (lambda s, x: F.pad(outer4(x), (1, 1), mode="reflect"), None,
+                                        "pad", OUTER),
+    "upsample on a folded batch": (lambda s, x: F.interpolate(inner4(x).unsqueeze(1), scale_factor=2.0), None,
+                                   "upsample_nearest2d", FOLDED),
+    "unfold": (lambda s, x: F.unfold(x, 3, padding=1), None, "im2col", Layout(0)),
+    "unfold on a folded batch": (lambda s, x: F.unfold(inner4(x).unsqueeze(1), 3), None, "im2col", FOLDED),
+    "fold on an outer fold": (lambda s, x: F.fold(F.unfold(outer4(x).unsqueeze(1), 3, padding=1), (6, 6), 3,
+                                                  padding=1), None, "col2im", OUTER),
+    "einsum with a constant": (lambda s, x: torch.einsum("bchw,wv->bvhc", x, torch.ones(6, 5)), None, "einsum",
+                               Layout(0)),
+    "einsum within each sample": (lambda s, x: torch.einsum("bchw,bdhw->cbd", x, x), None, "einsum", Layout(1)),
+    "einsum with spaces and an ellipsis": (lambda s, x: torch.einsum("... h w , w v -> ... v h", x, torch.ones(6, 5)),
+                                           None, "einsum", Layout(0)),
+    "einsum, the batch in an ellipsis": (lambda s, x: torch.einsum("c...w->w...", x.transpose(0, 1)), None, "einsum",
+                                         Layout(1)),
+    "einsum, implicit output": (lambda s, x: torch.einsum("zchw,cd", x, torch.ones(4, 3)), None, "einsum",
+                                Layout(3)),  # the output is "dhwz": the letters that appear once, sorted
+    "einsum, implicit output with an ellipsis": (lambda s, x: torch.einsum("...w,wv", x.transpose(0, 2),
+                                                                           torch.ones(6, 2)), None, "einsum",
+                                                 Layout(2)),
+    "einsum on a folded batch": (lambda s, x: torch.einsum("nhw,nvw->nhv", inner4(x), inner4(x)), None, "einsum",
+                                 FOLDED),
+    "repeat_interleave along another dim": (lambda s, x: x.repeat_interleave(2, dim=-1), None,
+                                            "repeat_interleave", Layout(0)),
+    "repeat_interleave along the batch": (lambda s, x: x.repeat_interleave(3, dim=0), None, "repeat_interleave",
+                                          Layout(0, 1, 3)),
+    "repeat_interleave along a two-sided fold": (lambda s, x: outer2_inner2(x).repeat_interleave(3, dim=0), None,
+                                                 "repeat_interleave", Layout(0, 2, 6)),
+    "repeat_interleave with output_size": (lambda s, x: x.repeat_interleave(2, 0, output_size=2 * x.shape[0]), None,
+                                           "repeat_interleave", Layout(0, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_rows_of_folded_and_labelled_batches(name):
+    op, module, aten, layout = LAYOUTS[name]
+    v = op_verdict(op, aten, module)
+    assert v.role is Role.SHARED, v.reason
+    assert v.layout == layout
+
+
+NOT_SEPARABLE = {  # name: (op, ATen op, words of the reason)
+    "pixel shuffle of an unbatched input": (lambda s, x: F.pixel_shuffle(outer4(x), 2), "pixel_shuffle",
+                                            "unbatched"),
+    "fold of an unbatched input": (lambda s, x: F.fold(outer4(x).flatten(1), (7, 7), 2), "col2im", "unbatched"),
+    "group norm with the batch among its channels": (lambda s, x: F.group_norm(x.transpose(0, 1), 1), "group_norm",
+                                                     "dim 0"),
+    "einsum summing over the batch": (lambda s, x: torch.einsum("bchw->chw", x), "einsum", "sums"),
+    "einsum pairing samples": (lambda s, x: torch.einsum("bi,ci->bc", x.flatten(1), x.flatten(1)), "einsum",
+                               "different labels"),
+    "einsum, the batch's ellipsis summed": (lambda s, x: torch.einsum("...ij->ij", x), "einsum", "sums"),
+    "einsum, a constant under the batch's label": (lambda s, x: torch.einsum("bc,b->bc", x.flatten(1), torch.ones(1)),
+                                                   "einsum", "without rows"),
+    "repeat_interleave flattening": (lambda s, x: x.repeat_interleave(2), "repeat_interleave", "flattens"),
+    "repeat_interleave of the batch by a tensor": (lambda s, x: x.repeat_interleave(torch.tensor([2]), dim=0,
+                                                                                   output_size=2 * x.shape[0]),
+                                                   "repeat_interleave", "tensor"),
+}
+
+
+@pytest.mark.parametrize("name", NOT_SEPARABLE)
+def test_ops_across_samples_stay_private(name):
+    op, aten, words = NOT_SEPARABLE[name]
+    v = op_verdict(op, aten)
+    assert v.role is not Role.SHARED
+    assert words in v.reason
+
+
+def test_repeat_interleave_keeps_each_samples_rows_in_a_fold():
+    """The arithmetic of the repeat_interleave rule: the rows of samples [start, start + n) of the
+    output are those samples' input rows, repeated, for outer > 1 and inner > 1 alike."""
+    for outer, inner, k in [(1, 1, 2), (2, 3, 4), (3, 1, 2), (1, 2, 3)]:
+        x = torch.randn(outer * 5 * inner, 2)
+        out = x.repeat_interleave(k, dim=0)
+        for start, n in [(0, 1), (1, 3), (4, 1), (0, 5), (2, 0)]:
+            want = take_rows(x, Layout(0, outer, inner), start, n).repeat_interleave(k, dim=0)
+            assert torch.equal(take_rows(out, Layout(0, outer, inner * k), start, n), want)
+
+
+class Sequencer(nn.Module):
+    """An LSTM over each image row (sequencer's folded batch) and a GRU over each column with the
+    batch folded outermost, from a zero state whose fill says ``outer=1``."""
+
+    def __init__(self, state_from_rows=False):
+        super().__init__()
+        self.rows = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+        self.cols = nn.GRU(6, 5, num_layers=2)
+        self.state_from_rows = state_from_rows
+
+    def forward(self, x):
+        rows, _ = self.rows(inner4(x))  # (4B, 6, 10): no state given, nn.LSTM makes zeros
+        cols = x.permute(3, 1, 0, 2).flatten(1, 2)  # (6, 4B, 6): Layout(1, outer=4)
+        if self.state_from_rows:  # rows of x in the fold inner=4: they would pair with other samples
+            h0 = inner4(x)[:, 0, :5].unsqueeze(0).expand(2, -1, -1)
+        else:
+            h0 = torch.zeros(2, 4 * x.shape[0], 5)  # a fill: Layout(1, inner=4), rows all alike
+        out, hn = self.cols(cols, h0)  # (6, 4B, 5) and (2, 4B, 5): Layout(1, outer=4)
+        b = x.shape[0]
+        per_sample = [t.unflatten(1, (4, b)).permute(2, 0, 1, 3).flatten(1) for t in (out, hn)]
+        return torch.cat([rows.flatten(1).unflatten(0, (b, 4)).flatten(1), *per_sample], 1)
+
+
+def test_rnns_on_folded_batches():
+    a = analyze(Sequencer().eval(), torch.randn(2, 4, 6, 6))
+    by_op = {op_name(n): a.verdicts[n] for n in a.nodes if op_name(n) in ("lstm", "gru")}
+    assert by_op["lstm"].role is Role.SHARED and by_op["lstm"].layout == (FOLDED, Layout(1, 1, 4), Layout(1, 1, 4))
+    assert by_op["gru"].role is Role.SHARED and by_op["gru"].layout == (Layout(1, 4, 1), Layout(1, 4, 1))
+
+
+def test_rnn_state_with_rows_in_another_fold_stays_private():
+    a = analyze(Sequencer(state_from_rows=True).eval(), torch.randn(2, 4, 6, 6))
+    (gru,) = [n for n in a.nodes if op_name(n) == "gru"]
+    assert a.verdicts[gru].role is Role.PRIVATE and "hidden state" in a.verdicts[gru].reason
+
+
+# --- realigned against separate execution -------------------------------------------------------
+
+
+class Planes(nn.Module):
+    """LeViT/TNT-style: each channel plane of a sample runs as an image of its own (the batch folded
+    inner, then outer) through conv, eval batch norm, pooling, unfold/fold, pads, upsampling and
+    group norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3)
+        self.norm = nn.GroupNorm(1, 2)
+        self.head = nn.Linear(4 * 2 * 3 * 3, 5)
+
+    def forward(self, x):
+        b = x.shape[0]
+        h = F.max_pool2d(torch.relu(self.bn(self.conv(x.flatten(0, 1).unsqueeze(1)))), 3, 1, 1)
+        h = F.fold(F.unfold(h, 3, padding=1), (6, 6), 3, padding=1)
+        h = F.pad(h, (1, 1, 1, 1), mode="reflect").unflatten(0, (b, 4)).transpose(0, 1).flatten(0, 1)
+        h = F.avg_pool2d(self.norm(F.interpolate(self.conv2(h), scale_factor=2.0)), 4)
+        return self.head(h.unflatten(0, (4, b)).transpose(0, 1).flatten(1))
+
+
+class Labelled(nn.Module):
+    """MaxViT/MViT/GCViT-style einsums (with a constant, within each sample, an ellipsis, an
+    implicit output) and repeat_interleave along another dim and along folded batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 5))
+        self.rel = nn.Parameter(torch.randn(6, 6, 3))
+        self.head = nn.Linear(4 * 3 + 12 * 12 + 2 * 6 * 36, 5)
+
+    def forward(self, x):
+        b = x.shape[0]
+        q = torch.einsum("bchw,wv->bchv", x, self.w)
+        att = torch.einsum("bchv,bdhv->bcd", q, q).softmax(-1)
+        out = torch.einsum("bcd,bd...->bc...", att, x)
+        rel = torch.einsum("...hw,hwk", out, self.rel)  # implicit output "...k"
+        rep = out.flatten(0, 1)[:, 0].repeat_interleave(3, dim=0).repeat_interleave(2, dim=-1)  # (12B, 12)
+        fold = outer2_inner2(x).repeat_interleave(3, dim=0).unflatten(0, (2, b, 6)).transpose(0, 1)
+        return self.head(torch.cat([rel.flatten(1), rep.unflatten(0, (b, 12)).flatten(1), fold.flatten(1)], 1))
+
+
+SIZES = [(1, 0, 3), (2, 1, 0), (0, 3, 1), (3, None, 2), (1, 1, 1)]
+
+
+def shared_by_all(rm, names):
+    """Every node of fragment 1 (the shallow tail) whose ATen op is in ``names`` runs once for all."""
+    a = rm.analysis(1)
+    nodes = [n for n in a.nodes if op_name(n) in names]
+    assert {op_name(n) for n in nodes} == set(names)
+    return all(rm.class_of(1, n).fragments == (0, 1, 2) for n in nodes)
+
+
+@pytest.mark.parametrize("body, ops", [
+    (Planes, ("conv2d", "batch_norm", "max_pool2d", "im2col", "col2im", "pad", "upsample_nearest2d",
+              "group_norm", "avg_pool2d")),
+    (Labelled, ("einsum", "repeat_interleave")),
+    (Sequencer, ("lstm", "gru")),
+], ids=["dim0", "einsum", "rnn"])
+def test_realigned_equals_separate_execution(body, ops):
+    torch.manual_seed(0)
+    suffix = body().eval()
+    if isinstance(suffix, Planes):
+        with torch.no_grad():
+            suffix.bn.running_mean.uniform_(-1, 1)
+            suffix.bn.running_var.uniform_(0.5, 2)
+    deep = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), suffix).eval()
+    fragments = [deep, suffix, copy.deepcopy(deep)]
+    examples = [torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6), torch.randn(2, 3, 6, 6)]
+    rm = realign_all(fragments, examples)  # verify=True as well
+    g = torch.Generator().manual_seed(1)
+    for sizes in SIZES:
+        args = [None if n is None else torch.randn((n, *ex.shape[1:]), generator=g) for ex, n in zip(examples, sizes)]
+        graft_fx.testing.assert_equivalent(rm, args)
+    assert shared_by_all(rm, ops), str(rm.plan)

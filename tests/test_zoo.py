@@ -69,34 +69,11 @@ FEW_CUTS: dict[str, str] = {
     "timm/crossvit_tiny_240": "its two branches (two patch sizes of the image) meet only in the averaged heads",
 }
 
-# Graft_fx bugs found here, by model and aspect: "split", "verify", "exact" (the calls without a
-# 0-row fragment), "empty" (those with one), "reach", "shared". Diagnoses in the report of issue 7.
-DIM0 = ("batch_dim_zero (separable.py) wants Layout(0) exactly, but these ops treat every index of dim 0 "
-        "alike, so a folded batch (Layout(0, inner=k), from x.flatten(0, 1)) is as separable")
-EINSUM = "aten.einsum is not in the rule table"
-IM2COL = "aten.im2col (F.unfold) is not in the rule table"
-NEW_ZEROS = ("x.new_zeros(size) reads only x's dtype and device, but facts.collect counts x as an input, so "
-             "the constant attention mask of shifted windows is private and so is everything after it")
-REPEAT_INTERLEAVE = "aten.repeat_interleave (along the batch: a folded layout) is not in the rule table"
-RNN_FOLDED = "the rnn rule wants Layout(0 or 1) exactly; sequencer folds the batch with a spatial dim"
-ALL = ("split", "verify", "exact", "empty", "reach", "shared")
-
-
-def _private_after(reason: str) -> dict[str, str]:
-    """A node graft_fx wrongly keeps private: no cut point follows it, nor any shared layer."""
-    return {"reach": reason, "shared": reason}
-
-
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "timm/levit_128s": _private_after(DIM0),
-    "maxvit_t": _private_after(EINSUM),
-    **{f"swin_{v}": _private_after(NEW_ZEROS) for v in ("t", "s", "b", "v2_t", "v2_s", "v2_b")},
-    "timm/gcvit_xxtiny": _private_after(REPEAT_INTERLEAVE),
-    "timm/mvitv2_tiny": _private_after(f"{EINSUM}; then {DIM0}"),
-    "timm/volo_d1_224": _private_after(IM2COL),
-    "timm/sequencer2d_s": _private_after(RNN_FOLDED),
-    "timm/tnt_s_patch16_224": dict.fromkeys(ALL, f"{IM2COL}, so it has one cut point (its input); then {DIM0}"),
-}
+# Graft_fx bugs found here, by model and aspect ("split", "verify", "exact" (the calls without a
+# 0-row fragment), "empty" (those with one), "reach", "shared") -> the diagnosis. None at present:
+# the last ones (swin's new_zeros mask, einsum, im2col, repeat_interleave, folded batches in
+# convolutions and RNNs) were fixed in issue 7.
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
 
 @dataclass
