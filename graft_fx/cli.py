@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .errors import GraftError
 
@@ -36,37 +38,97 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _number(kind: type, least: float, strict: bool, what: str) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` above ``least`` (or at least ``least``), else an error
+    that argparse reports with the flag's name."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < least or strict and value == least:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE = _number(float, 0, True, "a positive finite number")
+COUNT = _number(int, 1, False, "a whole number of at least 1")
+SEED = _number(int, 0, False, "a whole number of at least 0")
+
+
+def _policies(text: str) -> list[str]:
+    from .serving.simulator import POLICIES
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICIES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(POLICIES)}, got {text!r}")
+    return names
+
+
+def _model(name: str) -> str:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        from .serving.zoo import BENCHMARK_MODELS
+        raise argparse.ArgumentTypeError(f"unknown model {name!r}: expected a torchvision classification model, "
+                                         f"such as {', '.join(BENCHMARK_MODELS)}")
+    return name
+
+
+def _profile(spec: str) -> str:
+    from .serving.roofline import ACCELERATORS
+
+    if not (Path(spec).is_file() or spec == "cpu" or spec in ACCELERATORS):
+        raise argparse.ArgumentTypeError(f"expected a JSON profile path, cpu, or a GPU preset "
+                                         f"({', '.join(sorted(ACCELERATORS))}), got {spec!r}")
+    return spec
+
+
+def _output(text: str) -> Path:
+    """A file to write: its folder must exist and it must not be a folder itself."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: expected a file in an existing folder")
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     from .serving.simulator import POLICIES
     from .serving.traces import bundled_names
+    from .serving.zoo import BENCHMARK_MODELS
 
     p = argparse.ArgumentParser(prog="graft", description="DNN re-alignment for split inference.")
     commands = p.add_subparsers(required=True, metavar="COMMAND")
     s = commands.add_parser("simulate", help="replay a request stream through every serving policy",
                             description=__doc__.split("\n\n")[2].replace("\n", " "))
     s.set_defaults(run=simulate)
-    s.add_argument("--model", default=DEFAULTS["model"], help="torchvision model (default: %(default)s)")
+    s.add_argument("--model", type=_model, default=DEFAULTS["model"],
+                   help=f"a torchvision classification model; the shipped H200 profile measured "
+                        f"{', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
     s.add_argument("--trace", default=DEFAULTS["trace"],
                    help=f"bundled trace ({', '.join(bundled_names())}) or a file (default: %(default)s)")
     s.add_argument("--trace-format", default="auto",
                    choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"])
-    s.add_argument("--slo-ms", type=float, default=DEFAULTS["slo_ms"],
+    s.add_argument("--slo-ms", type=POSITIVE, default=DEFAULTS["slo_ms"],
                    help="end-to-end latency SLO per inference (default: %(default)s)")
-    s.add_argument("--clients", type=int, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
-    s.add_argument("--rate", type=float, default=DEFAULTS["rate_per_s"],
+    s.add_argument("--clients", type=COUNT, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
+    s.add_argument("--rate", type=POSITIVE, default=DEFAULTS["rate_per_s"],
                    help="inferences per second per phone, Poisson (default: %(default)s)")
-    s.add_argument("--duration-s", type=float, default=DEFAULTS["duration_s"],
+    s.add_argument("--duration-s", type=POSITIVE, default=DEFAULTS["duration_s"],
                    help="seconds of sending to simulate (default: %(default)s)")
-    s.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: all)")
-    s.add_argument("--profile", default=DEFAULTS["profile"],
+    s.add_argument("--policies", type=_policies, default=list(POLICIES),
+                   help=f"comma-separated, of {', '.join(POLICIES)} (default: all)")
+    s.add_argument("--profile", type=_profile, default=DEFAULTS["profile"],
                    help="a GPU preset (h200, a100, t4), cpu (measure this machine), or a JSON profile path "
                         "(default: %(default)s: the shipped measured profile, else the roofline model)")
-    s.add_argument("--replan-s", type=float, metavar="SECONDS",
+    s.add_argument("--replan-s", type=POSITIVE, metavar="SECONDS",
                    help="re-plan every so many seconds on the rates of the window before, instead of "
                         "planning once for the whole run; shares are then averaged over time")
-    s.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    s.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
-    s.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
+    s.add_argument("--seed", type=SEED, default=DEFAULTS["seed"])
+    s.add_argument("--json", type=_output, metavar="PATH", help="write the results as JSON")
+    s.add_argument("--plot", type=_output, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
     return p
 
 
@@ -78,7 +140,7 @@ def simulate(args: argparse.Namespace) -> int:
     from .serving.simulator import Scenario, simulate as run
     from .serving.workload import DEVICES, make_clients, model_costs
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = args.policies
     trace = trace_for(args.trace, args.trace_format)
     model, example = zoo.build(args.model)
     with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,

@@ -48,12 +48,32 @@ def test_simulate_takes_a_profile_file_a_trace_file_and_chosen_policies(tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["--trace", "no-such-trace"], "expected a bundled trace"),
-    (["--profile", "no-such-gpu"], "expected a JSON profile path, cpu, or a GPU preset"),
-    (["--model", "no_such_net"], "unknown model"),
-    (["--policies", "graft,magic"], "unknown policies"),
 ])
 def test_bad_arguments_name_what_is_wrong(argv, message, capsys):
     assert main([*SMALL, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "no-such-gpu"], "--profile: expected a JSON profile path, cpu, or a GPU preset"),
+    (["--model", "no_such_net"], "--model: unknown model 'no_such_net'"),
+    (["--policies", "graft,magic"], "--policies: expected a comma-separated list of"),
+    (["--policies", ","], "--policies: expected a comma-separated list of"),
+    (["--slo-ms", "-5"], "--slo-ms: expected a positive finite number, got '-5'"),
+    (["--slo-ms", "inf"], "--slo-ms: expected a positive finite number, got 'inf'"),
+    (["--rate", "0"], "--rate: expected a positive finite number"),
+    (["--duration-s", "nan"], "--duration-s: expected a positive finite number"),
+    (["--replan-s", "-1"], "--replan-s: expected a positive finite number"),
+    (["--clients", "0"], "--clients: expected a whole number of at least 1, got '0'"),
+    (["--clients", "2.5"], "--clients: expected a whole number of at least 1"),
+    (["--seed", "-1"], "--seed: expected a whole number of at least 0"),
+    (["--json", "/no/such/folder/r.json"], "--json: cannot write '/no/such/folder/r.json'"),
+    (["--plot", "."], "--plot: cannot write '.'"),
+])
+def test_flags_are_checked_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([*SMALL, *argv])
+    assert exit.value.code == 2
     assert message in capsys.readouterr().err
 
 
