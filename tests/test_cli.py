@@ -82,3 +82,11 @@ def test_the_console_script_is_installed():
     assert graft.exists(), "no graft console script beside this Python: reinstall with pip install -e ."
     out = subprocess.run([str(graft), "simulate", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--slo-ms" in out and "--trace-format" in out
+
+
+def test_a_malformed_profile_file_is_one_line_naming_it(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text('{"models": {"resnet50": {"pieces": [{"from": "x"}]}}, "batches": [1]}')
+    assert main([*SMALL, "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"graft: error: latency profile {path}: models.resnet50.pieces[0]: missing field 'latency_ms'"

@@ -245,32 +245,66 @@ def _table(profile: Profile, share: float, max_rows: int) -> np.ndarray:
     return t
 
 
-def from_json(doc: Mapping[str, Any], model: str, source: str | None = None) -> Profile:
-    """The profile of ``model`` in a JSON document in the module docstring's format."""
-    models = doc.get("models", {})
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """``obj[key]`` checked to be a ``kind``; a GraftError naming the field otherwise."""
+    if not isinstance(obj, Mapping):
+        raise GraftError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        if default is not ...:
+            return default
+        raise GraftError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    numeric = kind in (int, float, (int, float))
+    if not isinstance(value, kind) or numeric and isinstance(value, bool):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise GraftError(f"{where}.{key}: expected {names}, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _cells(piece: Mapping[str, Any], key: str, share_keys: list[str], batches: list[int], where: str) -> list:
+    """``piece[key][share][batch]`` in ms as a nested list [share][batch] of seconds."""
+    table = _field(piece, key, Mapping, where)
+    rows = []
+    for s in share_keys:
+        by_batch = _field(table, s, Mapping, f"{where}.{key}")
+        rows.append([_field(by_batch, str(b), (int, float), f"{where}.{key}.{s}") / 1e3 for b in batches])
+    return rows
+
+
+def from_json(doc: Any, model: str, source: str | None = None) -> Profile:
+    """The profile of ``model`` in a JSON document in the module docstring's format.
+
+    Raises GraftError naming the first field that is missing or of the wrong type
+    (``models.resnet50.pieces[3].latency_ms``), or the model when the document lacks it.
+    """
+    models = _field(doc, "models", Mapping, "profile")
     if model not in models:
         raise GraftError(f"profile has no model {model!r}: it has {sorted(models)}")
-    sm_count = doc.get("sm_count")
-    pieces_doc = models[model]["pieces"]
-    share_keys = sorted(pieces_doc[0]["latency_ms"], key=lambda k: _share(k, sm_count))
-    batches = [int(b) for b in doc["batches"]]
-
-    def table(key: str) -> np.ndarray | None:
-        if any(key not in p for p in pieces_doc):
-            return None
-        try:
-            return np.array([[[p[key][s][str(b)] / 1e3 for b in batches] for s in share_keys]
-                             for p in pieces_doc])
-        except KeyError as e:
-            raise GraftError(f"profile of {model!r}: a piece lacks the entry {e}; expected every "
-                             f"piece at shares {share_keys} and batches {batches}") from None
-
-    pieces = tuple(Piece(p["from"], p["to"], float(p["flops_share"]), int(p["activation_bytes"]),
-                         tuple(p["row_shape"])) for p in pieces_doc)
+    sm_count = _field(doc, "sm_count", (int, type(None)), "profile", None)
+    batches = _field(doc, "batches", list, "profile")
+    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) for b in batches):
+        raise GraftError(f"profile.batches: expected a list of batch sizes, got {json.dumps(batches)[:40]}")
+    pieces_doc = _field(models[model], "pieces", list, f"models.{model}")
+    if not pieces_doc:
+        raise GraftError(f"models.{model}.pieces: expected at least one piece")
+    where = [f"models.{model}.pieces[{i}]" for i in range(len(pieces_doc))]
+    share_keys = list(_field(pieces_doc[0], "latency_ms", Mapping, where[0]))
+    try:
+        shares = {k: _share(k, sm_count) for k in share_keys}
+    except ValueError:
+        raise GraftError(f"{where[0]}.latency_ms: expected shares as {'SM counts' if sm_count else 'fractions'}, "
+                         f"got keys {share_keys}") from None
+    share_keys.sort(key=shares.__getitem__)
+    pieces = tuple(Piece(_field(p, "from", str, w), _field(p, "to", str, w),
+                         float(_field(p, "flops_share", (int, float), w)), _field(p, "activation_bytes", int, w),
+                         tuple(_field(p, "row_shape", list, w))) for p, w in zip(pieces_doc, where))
+    latency = np.array([_cells(p, "latency_ms", share_keys, batches, w) for p, w in zip(pieces_doc, where)])
+    p99 = None
+    if all(isinstance(p, Mapping) and "latency_p99_ms" in p for p in pieces_doc):
+        p99 = np.array([_cells(p, "latency_p99_ms", share_keys, batches, w) for p, w in zip(pieces_doc, where)])
     meta = {k: doc[k] for k in ("torch", "dtype", "timing") if k in doc}
-    return Profile(model, doc.get("device", "unknown device"), source or doc.get("source", "loaded"),
-                   pieces, np.array([_share(k, sm_count) for k in share_keys]), np.array(batches),
-                   table("latency_ms"), table("latency_p99_ms"), meta)
+    return Profile(model, str(doc.get("device", "unknown device")), source or str(doc.get("source", "loaded")),
+                   pieces, np.array([shares[k] for k in share_keys]), np.array(batches), latency, p99, meta)
 
 
 def _share(key: str, sm_count: int | None) -> float:
@@ -281,14 +315,21 @@ def _share(key: str, sm_count: int | None) -> float:
 
 
 def load(path: str | Path, model: str) -> Profile:
-    """The profile of ``model`` in the JSON file at ``path`` (measured elsewhere, or saved)."""
+    """The profile of ``model`` in the JSON file at ``path`` (measured elsewhere, or saved).
+
+    Raises GraftError, one line naming the file and the field, for a file that cannot be read,
+    is not JSON, or does not hold a valid profile of ``model``.
+    """
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GraftError(f"cannot read a latency profile from {path}: {e}") from None
-    kind = doc.get("source", "measured")
-    return from_json(doc, model, f"{kind}, loaded from {path.name}")
+    try:
+        kind = str(doc.get("source", "measured")) if isinstance(doc, Mapping) else "measured"
+        return from_json(doc, model, f"{kind}, loaded from {path.name}")
+    except GraftError as e:
+        raise GraftError(f"latency profile {path}: {e}") from None
 
 
 def shipped() -> dict[str, Path]:

@@ -118,8 +118,50 @@ def test_a_file_that_is_not_a_profile_raises(tmp_path):
     path.write_text("{not json")
     with pytest.raises(GraftError, match="cannot read a latency profile"):
         profiles.load(path, "toy")
-    doc = toy().to_json()
-    del doc["models"]["toy"]["pieces"][1]["latency_ms"]["1.0"]["4"]
-    path.write_text(json.dumps(doc))
-    with pytest.raises(GraftError, match="lacks the entry"):
+
+
+def _broken(doc: dict, how: str) -> object:
+    piece = doc["models"]["toy"]["pieces"][1]
+    if how == "a list":
+        return [doc]
+    if how == "no models":
+        del doc["models"]
+    elif how == "batches of text":
+        doc["batches"] = "1,2,4"
+    elif how == "no pieces":
+        doc["models"]["toy"]["pieces"] = []
+    elif how == "a piece without latencies":
+        del piece["latency_ms"]
+    elif how == "a missing cell":
+        del piece["latency_ms"]["1.0"]["4"]
+    elif how == "a cell of text":
+        piece["latency_ms"]["1.0"]["4"] = "fast"
+    elif how == "a share that is no number":
+        for p in doc["models"]["toy"]["pieces"]:
+            p["latency_ms"]["all"] = p["latency_ms"].pop("1.0")
+    elif how == "a piece that is a number":
+        doc["models"]["toy"]["pieces"][1] = 3
+    elif how == "activation bytes of text":
+        piece["activation_bytes"] = "many"
+    return doc
+
+
+@pytest.mark.parametrize("how, field", [
+    ("a list", "profile: expected an object"),
+    ("no models", "profile: missing field 'models'"),
+    ("batches of text", "profile.batches: expected list"),
+    ("no pieces", "models.toy.pieces: expected at least one piece"),
+    ("a piece without latencies", "models.toy.pieces[1]: missing field 'latency_ms'"),
+    ("a missing cell", "models.toy.pieces[1].latency_ms.1.0: missing field '4'"),
+    ("a cell of text", "models.toy.pieces[1].latency_ms.1.0.4: expected int or float"),
+    ("a share that is no number", "models.toy.pieces[0].latency_ms: expected shares as fractions"),
+    ("a piece that is a number", "models.toy.pieces[1]: expected an object"),
+    ("activation bytes of text", "models.toy.pieces[1].activation_bytes: expected int"),
+])
+def test_a_malformed_profile_gets_one_line_naming_the_file_and_field(tmp_path, how, field):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_broken(toy().to_json(), how)))
+    with pytest.raises(GraftError) as e:
         profiles.load(path, "toy")
+    assert str(e.value).startswith(f"latency profile {path}: ") and field in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
