@@ -8,13 +8,15 @@ one in which the members of a class
   (b) are batch-separable (role SHARED), unless the class is a single node,
   (c) come from distinct fragments, and
   (d) have the same *users signature*: the set of (class of user, argument position) pairs, with
-      the fragment's output as a user too, and every private user written as one token.
+      every private user, and the fragment's output, written as one token.
 
 Condition (d) makes sharing grow backwards from the outputs, and it handles DAGs (residual
 skips, branches, concatenations) with no special cases. Writing private users as one token lets
 a shared region end *inside* the fragments: a private op near the outputs (a ``squeeze()``, a
 softmax over the batch, an unknown op) no longer blocks sharing of the layers before it; the
-realigned graph narrows the region's rows back to each fragment's private part. Should that ever
+realigned graph narrows the region's rows back to each fragment's private part. The output is
+one more such user (the rows are narrowed back to the fragment either way), so a body that one
+fragment returns and another feeds to a private head is shared too. Should that ever
 make the class graph cyclic (two fragments whose private ops cross between the same shared
 layers), the partition is recomputed with the strict signature, which cannot.
 
@@ -116,7 +118,7 @@ class _Pool:
 
     def user_token(self, f: int, user: fx.Node, position: int) -> Hashable:
         if user.op == "output":
-            return ("output", position) if self.strict else "output"
+            return ("output", position) if self.strict else "private"
         if not self.strict and self.role((f, user)) is not Role.SHARED:
             return "private"
         return (self.label[(f, user)], position)

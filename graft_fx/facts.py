@@ -190,13 +190,14 @@ def _counted_on_meta(node: fx.Node) -> int:
 
 
 def flops(node: fx.Node) -> int:
-    """FLOPs of one node at the example's concrete shapes (0 for ops without a formula)."""
+    """FLOPs of one node at the example's concrete shapes (0 for ops without a formula, and for
+    shapes that depend on data, such as ``x[x > 0]``: they have no example value)."""
     packet = getattr(node.target, "overloadpacket", None)
     if packet is None:
         return 0
-    args, kwargs = pytree.tree_map(_concrete, fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val")))
-    out = _concrete(node.meta.get("val"))
     try:
+        args, kwargs = pytree.tree_map(_concrete, fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val")))
+        out = _concrete(node.meta.get("val"))
         if packet in FLOP_FORMULAS:
             return int(FLOP_FORMULAS[packet](*args, out=out, **kwargs))
         if packet in flop_registry:

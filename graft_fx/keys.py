@@ -11,6 +11,11 @@ A reshape is keyed by its input and its output's shape, not by how its sizes wer
 shape agree, and a program functionalized by ``run_decompositions`` spells every reshape as a view
 (``canonical.py`` respells views as ``reshape``).
 
+A buffer that a fragment updates in place (a write-back target, or the running statistics a
+train-mode batch norm updates: ``separable.updates``) is state, not a constant: it
+never shares a key with another fragment's, even when their values are equal at the time, or both
+fragments would read and update one tensor.
+
 Weights are compared by value through a ``TensorInterner``: the same tensor object is recognised
 at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device and a few sampled
 values) and confirmed with an exact ``torch.equal`` before they share a number.
@@ -29,7 +34,7 @@ import torch.utils._pytree as pytree
 from .canonical import RESHAPES
 from .capture import fetch_attr
 from .facts import Facts
-from .separable import Role, Verdict
+from .separable import Role, Verdict, updates
 
 _SAMPLES = 16
 BATCH = sympy.Symbol("B", integer=True, positive=True)
@@ -51,6 +56,13 @@ def fingerprint(t: torch.Tensor) -> Hashable:
     return (*head, tuple(flat[: step * (samples - 1) + 1 : max(step, 1)].tolist()))
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, and for floating tensors equal signs too (``torch.equal`` has 0.0 == -0.0)."""
+    if not torch.equal(a, b):
+        return False
+    return not a.is_floating_point() or torch.equal(torch.signbit(a), torch.signbit(b))
+
+
 class TensorInterner:
     """Numbers tensors so that tensors equal by value (and dtype, shape, device) share a number."""
 
@@ -64,7 +76,7 @@ class TensorInterner:
         if hit is not None:
             return hit[1]
         bucket = self._buckets.setdefault(fingerprint(t), [])
-        number = next((n for other, n in bucket if torch.equal(other, t)), None)
+        number = next((n for other, n in bucket if _same(other, t)), None)
         if number is None:
             number = next(self._numbers)
             bucket.append((t, number))
@@ -73,7 +85,16 @@ class TensorInterner:
 
 
 def freeze(v: Any) -> Hashable:
-    """A hashable stand-in for a literal argument (slices and lists are not hashable)."""
+    """A hashable stand-in for a literal argument (slices and lists are not hashable).
+
+    Equal only where the values compute alike: ``0.0`` and ``-0.0`` differ (``1 / x``), and so do
+    ``1``, ``1.0`` and ``True`` (they promote to different dtypes), although Python's ``==`` and
+    hash say otherwise.
+    """
+    if isinstance(v, float):
+        return ("float", v.hex())
+    if isinstance(v, (bool, int)):
+        return (type(v).__name__, v)
     if isinstance(v, slice):
         return ("slice", freeze(v.start), freeze(v.stop), freeze(v.step))
     if isinstance(v, (list, tuple)):
@@ -81,7 +102,7 @@ def freeze(v: Any) -> Hashable:
     if isinstance(v, dict):
         return ("dict", *sorted((k, freeze(x)) for k, x in v.items()))
     if isinstance(v, torch.Tensor):
-        return ("tensor", v.dtype, tuple(v.shape), tuple(v.reshape(-1).tolist()))
+        return ("tensor", v.dtype, tuple(v.shape), tuple(map(freeze, v.reshape(-1).tolist())))
     try:
         hash(v)
         return v
@@ -104,6 +125,8 @@ class KeyMaker:
         """The layer key of a SHARED or CONST node; ``const_ids`` numbers its constant inputs and
         ``batch`` is the fragment's batch symbol (renamed to one symbol for all fragments)."""
         if node.op == "get_attr":
+            if any(node in updates(u, verdicts) for u in node.users):
+                return ("get_attr", "written", id(gm), node.target)  # state: its own, whatever its value
             value = fetch_attr(gm, node.target)
             return ("get_attr", self.intern(value)) if isinstance(value, torch.Tensor) else ("get_attr", id(value))
 

@@ -163,6 +163,9 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ``align.FLOPS_PER_COPIED_BYTE``); 0 shares every region that can be shared. Raises GraftError
     (TraceError) for fragments that cannot be captured or served: see ``capture`` and the messages.
     """
+    if isinstance(fragments, (torch.nn.Module, torch.export.ExportedProgram)) or not hasattr(fragments, "__iter__"):
+        raise GraftError(f"realign() takes a list of fragments; got one {type(fragments).__name__}: "
+                         "pass [fragment] (and [example])")
     fragments = list(fragments)
     if not fragments:
         raise GraftError("realign() needs at least one fragment; got an empty list")

@@ -375,6 +375,38 @@ def transpose(site: Site) -> Result:
     return Result(lay.moved(b if lay.dim == a else a if lay.dim == b else lay.dim))
 
 
+def reverse_dims(site: Site) -> Result:
+    """``x.T``: dim ``d`` becomes ``ndim - 1 - d``."""
+    lay = site.layout(site.arg(0))
+    return Result(lay.moved(site.ndim(site.arg(0)) - 1 - lay.dim))
+
+
+def matrix_transpose(site: Site) -> Result:
+    """``x.mT``: the last two dims swap."""
+    lay = site.layout(site.arg(0))
+    last = site.ndim(site.arg(0)) - 1
+    return Result(lay.moved(last - 1 if lay.dim == last else last if lay.dim == last - 1 else lay.dim))
+
+
+def movedim(site: Site) -> Result:
+    """``movedim(x, source, destination)``: the dims in ``source`` go to ``destination``, the
+    others keep their order in the remaining places (as ``torch.movedim`` defines it)."""
+    x = site.arg(0)
+    lay, ndim = site.layout(x), site.ndim(x)
+    source, destination = _dims(site.lit(1), ndim), site.lit(2)
+    destination = [destination] if isinstance(destination, int) else list(destination)
+    order_src = [d + ndim if d < 0 else d for d in ([site.lit(1)] if isinstance(site.lit(1), int) else site.lit(1))]
+    order_dst = [d + ndim if d < 0 else d for d in destination]
+    if source is None or len(order_src) != len(order_dst):
+        return _private("its dims could not be read")
+    order: list[int | None] = [None] * ndim
+    for src, dst in zip(order_src, order_dst):
+        order[dst] = src
+    rest = iter(d for d in range(ndim) if d not in source)
+    order = [d if d is not None else next(rest) for d in order]
+    return Result(lay.moved(order.index(lay.dim)))
+
+
 def select(site: Site) -> Result:
     """``select``/``unbind`` over another dim drop it; over the batch's dim they pick samples."""
     x = site.arg(0)
@@ -738,7 +770,7 @@ REDUCTIONS = {  # name: (dims position, default dims, keepdim position)
     "prod": (1, None, 2), "logsumexp": (1, None, 2), "argmax": (1, None, 2), "argmin": (1, None, 2),
     "all": (1, None, 2), "any": (1, None, 2), "max": (1, None, 2), "min": (1, None, 2),
     "std": (1, None, 3), "var": (1, None, 3), "var_mean": (1, None, 3), "std_mean": (1, None, 3),
-    "linalg_vector_norm": (2, None, 3), "norm": (2, None, 3), "median": (1, None, 2),
+    "linalg_vector_norm": (2, None, 3), "norm": (2, None, 3), "median": (1, None, 2), "aminmax": (1, None, 2),
 }
 
 ALONG_OPS = {  # name: dims position; keeps each sample's rows even along the batch
@@ -776,6 +808,9 @@ RULES: dict[str, Rule] = {
     "transpose": Rule(transpose, "swaps two dims; the batch's dim moves with them"),
     "swapaxes": Rule(transpose, "swaps two dims; the batch's dim moves with them"),
     "t": Rule(lambda s: Result(s.layout(s.arg(0)).moved(1 - s.layout(s.arg(0)).dim)), "transposes a matrix"),
+    "numpy_T": Rule(reverse_dims, "reverses the dims (x.T); the batch's dim moves with them"),
+    "mT": Rule(matrix_transpose, "swaps the last two dims; the batch's dim moves with them"),
+    "movedim": Rule(movedim, "moves dims; the batch's dim moves with them"),
     "select": Rule(select, "picks along a dim other than the batch's"),
     "unbind": Rule(select, "splits along a dim other than the batch's"),
     "slice": Rule(slice_rule, "slices a dim other than the batch's", sizes=(2, 3)),
@@ -802,6 +837,8 @@ RULES: dict[str, Rule] = {
     "repeat_interleave": Rule(repeat_interleave, "repeats elements within each sample", sizes=(3,)),
     "lstm": Rule(rnn(True), "runs each sample's sequence on its own"),
     "gru": Rule(rnn(False), "runs each sample's sequence on its own"),
+    "rnn_tanh": Rule(rnn(False), "runs each sample's sequence on its own"),
+    "rnn_relu": Rule(rnn(False), "runs each sample's sequence on its own"),
     "getitem": Rule(getitem, "takes one element of a tuple"),
     "arange": Rule(per_fragment("it numbers the samples of the batch"), "", sizes=()),
     **{n: Rule(random_op, "") for n in ("rand", "randn", "rand_like", "randn_like", "randint", "randint_like",
@@ -827,6 +864,28 @@ def op_name(node: fx.Node) -> str | None:
 def describe(node: fx.Node) -> str:
     name = op_name(node)
     return f"aten.{name}" if name and name != "getitem" else name or getattr(node.target, "__name__", str(node.target))
+
+
+HIDDEN_UPDATES = {  # op: (flag position, positions it updates in place unless the flag is literally False)
+    "batch_norm": (5, (3, 4)),  # training: the running mean and variance
+    "instance_norm": (5, (3, 4)),  # use_input_stats: the running mean and variance, where given
+}
+"""Ops whose schemas do not mark it, but which update some arguments in place at run time."""
+
+
+def updates(node: fx.Node, verdicts: dict[fx.Node, Verdict]) -> list[fx.Node]:
+    """The nodes whose tensors ``node`` updates in place: a write-back's target, or an argument
+    that ``HIDDEN_UPDATES`` names. Such a tensor is state, not a constant."""
+    if verdicts.get(node, Verdict(Role.PRIVATE)).role is Role.WRITE:
+        return [node.args[0]]
+    hidden = HIDDEN_UPDATES.get(op_name(node) or "")
+    if hidden is None or node.op != "call_function":
+        return []
+    flag, positions = hidden
+    site_args = [node.args[i] if i < len(node.args) else None for i in (flag, *positions)]
+    if site_args[0] is False:
+        return []
+    return [a for a in site_args[1:] if isinstance(a, fx.Node)]
 
 
 def _impure(node: fx.Node) -> bool:
@@ -870,14 +929,23 @@ def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node,
         return Verdict(Role.CONST)
     if f.kind is Kind.SCALAR:
         return Verdict(Role.FOLDED)
-    unproven = [a.name for a in node.all_input_nodes if verdicts[a].role in (Role.PRIVATE, Role.CHECK)]
-    if unproven:
-        return Verdict(Role.PRIVATE, f"{what}: its input {unproven[0]} is private and not proven to carry the batch rows")
+    unproven = [a for a in node.all_input_nodes if verdicts[a].role in (Role.PRIVATE, Role.CHECK)]
+    lost = [a.name for a in unproven if not _per_fragment_value(a, facts, verdicts)]
+    if lost or unproven and f.kind is not Kind.ROWS:
+        name_ = (lost or [a.name for a in unproven])[0]
+        return Verdict(Role.PRIVATE, f"{what}: its input {name_} is private and not proven to carry the batch rows")
     rule = RULES.get(name) if name else None
     if rule is None:
         return Verdict(Role.PRIVATE, f"{what}: not in the batch-separability rule table")
     site = Site(node, facts, verdicts)
-    result = rule.check(site)
+    try:
+        result = rule.check(site)
+    except (AttributeError, TypeError):  # a rule reading a private input as if it held rows
+        if not unproven:
+            raise
+        return Verdict(Role.PRIVATE, f"{what}: its input {unproven[0].name} is private and not proven to carry the batch rows")
+    if unproven and result.reason is None:
+        result = _private(f"its input {unproven[0].name} is private, so it runs per fragment", result.layout)
     valued = site.batch_valued(rule.sizes)
     if result.reason is None and valued:
         result = _private(f"it uses the batch size as a value (argument {valued[0]})", result.layout)
@@ -887,6 +955,14 @@ def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node,
         return Verdict(Role.SHARED, layout=result.layout)
     role = Role.PRIVATE_ROWS if result.keeps else Role.PRIVATE
     return Verdict(role, f"{what}: {result.reason}", result.layout if result.keeps else None)
+
+
+def _per_fragment_value(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node, Verdict]) -> bool:
+    """A private tensor without rows of its own (``h.mean(0)``, ``x[0]``): an op that reads it with
+    rows can run per fragment, each fragment's rows with its own value, and keep the rows' layout
+    for the shared layers after it (role PRIVATE_ROWS)."""
+    f = facts[node]
+    return verdicts[node].role is Role.PRIVATE and f.is_tensor and f.kind is not Kind.ROWS and f.pattern is not None
 
 
 def _agrees(layout: Any, f: Facts) -> bool:

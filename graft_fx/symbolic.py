@@ -10,20 +10,35 @@ graph value.
 
 from __future__ import annotations
 
+import math
 import operator
 from functools import reduce
 from typing import Any, Callable
 
 import sympy
 import torch.fx as fx
-from torch.utils._sympy.functions import CeilDiv, CleanDiv, FloorDiv, IntTrueDiv, Max, Min, Mod, PythonMod
+from torch.utils._sympy.functions import (
+    CeilDiv, CleanDiv, FloatPow, FloatTrueDiv, FloorDiv, Identity, IntTrueDiv, Max, Min, Mod, PowByNatural, PythonMod,
+    RoundToInt, ToFloat, TruncToFloat, TruncToInt,
+)
 
 from .errors import GraftError
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     FloorDiv: operator.floordiv, CleanDiv: operator.floordiv, Mod: operator.mod, PythonMod: operator.mod,
-    IntTrueDiv: operator.truediv,
+    IntTrueDiv: operator.truediv, FloatTrueDiv: operator.truediv, FloatPow: operator.pow, PowByNatural: operator.pow,
 }
+
+def trunc_to_float(v: Any) -> float:
+    return float(math.trunc(v))
+
+
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ToFloat: float, TruncToFloat: trunc_to_float, TruncToInt: math.trunc, RoundToInt: round,
+    Identity: operator.pos,
+}
+"""Sympy functions of size arithmetic (``torch.utils._sympy.functions``) -> the Python function
+that computes them on SymInts and SymFloats, as export records ``x.shape[0] ** 0.5``."""
 
 
 def materialize(expr: Any, batch: sympy.Symbol, rows: Any, graph: fx.Graph) -> Any:
@@ -57,6 +72,8 @@ def materialize(expr: Any, batch: sympy.Symbol, rows: Any, graph: fx.Graph) -> A
             return call(operator.pow, build(e.base), int(e.exp))
         if type(e) in _BINARY:
             return call(_BINARY[type(e)], build(e.args[0]), build(e.args[1]))
+        if type(e) in _UNARY:
+            return call(_UNARY[type(e)], build(e.args[0]))
         if isinstance(e, CeilDiv):
             return call(operator.neg, call(operator.floordiv, call(operator.neg, build(e.args[0])), build(e.args[1])))
         if isinstance(e, (Max, Min)):

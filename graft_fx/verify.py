@@ -7,21 +7,25 @@ it, and the realigned module on the same inputs, and compares each output with
 mismatch it looks for the first node of the fragment's captured graph whose value differs
 between the two runs and names it, so the error points at the layer the analysis got wrong.
 Inputs are cloned for each run: a fragment that mutates its input in place must not feed the
-other run a mutated tensor.
+other run a mutated tensor. State is handled the same way: the buffers the fragments update in
+place (their write-back targets, such as a train-mode batch norm's running statistics) are saved
+first, every run starts from them, and the updated buffers are compared too; ``verify`` puts them
+back afterwards, so that ``realign`` leaves the user's models as it found them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from .capture import InputSpec, layer_name
+from .capture import InputSpec, fetch_attr, layer_name
 from .errors import GraftError
 from .rows import take_rows
-from .separable import GATHERABLE
+from .separable import GATHERABLE, updates
 
 if TYPE_CHECKING:
     from .realign import RealignedModule
@@ -83,23 +87,72 @@ def _as_tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def state(rm: "RealignedModule") -> dict[int, dict[str, torch.Tensor]]:
+    """The tensors each fragment updates in place (``separable.updates``: its buffers' write-back
+    targets, a train-mode batch norm's running statistics), by attribute name."""
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    for f in range(rm.num_fragments):
+        a = rm.analysis(f)
+        written = [w for n in a.nodes for w in updates(n, a.verdicts) if w.op == "get_attr"]
+        found[f] = {n.target: fetch_attr(a.gm, n.target) for n in written}
+    return found
+
+
+@contextlib.contextmanager
+def restored(tensors: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Saves ``tensors``' values; yields the copies; puts the values back on leaving."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for t, v in zip(tensors, saved):
+                t.copy_(v)
+
+
 def assert_equivalent(rm: "RealignedModule", inputs: Sequence[Any], *, rtol: float | None = None,
                       atol: float | None = None) -> None:
     """Check ``rm(*inputs)`` against running each fragment separately on its input.
 
     ``inputs`` holds one entry per fragment, as ``rm`` takes them (a tensor, a tuple, or None for
-    an absent fragment). Raises GraftError naming the fragment and the first differing node.
+    an absent fragment). Every run starts from the same state: each fragment alone, then ``rm``;
+    the buffers a fragment updates in place must end as its own run left them (where no other
+    fragment updates the same tensor), and stay as ``rm`` leaves them. Raises GraftError naming
+    the fragment and the first differing node, or the buffer.
     """
+    owned = state(rm)
+    tensors = list({id(t): t for ts in owned.values() for t in ts.values()}.values())
+    owners = {id(t): sum(any(u is t for u in ts.values()) for ts in owned.values()) for t in tensors}
+
+    def reset() -> None:
+        with torch.no_grad():
+            for t, v in zip(tensors, start):
+                t.copy_(v)
+
+    expected, after = {}, {}
+    with restored(tensors) as start:
+        for f, x in enumerate(inputs):
+            if x is not None:
+                reset()
+                expected[f] = rm.reference(f)(*_clone(_as_tuple(x)))
+                after[f] = {name: t.detach().clone() for name, t in owned[f].items() if owners[id(t)] == 1}
     actual = rm(*_clone(inputs))
     for f, x in enumerate(inputs):
         if x is None:
             continue
-        expected = rm.reference(f)(*_clone(_as_tuple(x)))
         try:
-            assert_close(actual[f], expected, rtol=rtol, atol=atol)
+            assert_close(actual[f], expected[f], rtol=rtol, atol=atol)
         except AssertionError as e:
+            with restored(tensors):
+                where = _first_difference(rm, inputs, f, rtol, atol, reset)
             raise GraftError(f"realigned fragment {f} ({rm.fragment_name(f)}) differs from running it "
-                             f"alone: {_first_difference(rm, inputs, f, rtol, atol)}; {str(e).splitlines()[0]}") from e
+                             f"alone: {where}; {str(e).splitlines()[0]}") from e
+        for name, value in after[f].items():
+            try:
+                assert_close(owned[f][name], value, rtol=rtol, atol=atol)
+            except AssertionError as e:
+                raise GraftError(f"realigned fragment {f} ({rm.fragment_name(f)}) leaves its buffer {name} "
+                                 f"other than running it alone does: {str(e).splitlines()[0]}") from e
 
 
 def _differs(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
@@ -110,9 +163,12 @@ def _differs(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
         return True
 
 
-def _first_difference(rm: "RealignedModule", inputs: Sequence[Any], f: int, rtol, atol) -> str:
-    """The first node of fragment ``f``'s graph whose realigned value differs from its own."""
+def _first_difference(rm: "RealignedModule", inputs: Sequence[Any], f: int, rtol, atol,
+                      reset: Callable[[], None]) -> str:
+    """The first node of fragment ``f``'s graph whose realigned value differs from its own (both
+    runs start from the state ``reset`` restores)."""
     analysis = rm.analysis(f)
+    reset()
     own = _values(analysis.gm, _clone(_as_tuple(inputs[f])))
     present = frozenset(i for i, x in enumerate(inputs) if x is not None and _as_tuple(x)[0].shape[0] > 0)
     if f not in present:
@@ -120,6 +176,7 @@ def _first_difference(rm: "RealignedModule", inputs: Sequence[Any], f: int, rtol
     gm = rm.graph_for(present)
     flat = [t for i, x in enumerate(inputs) for t in (_as_tuple(_clone([x])[0]) if i in present
                                                     else [None] * len(rm.input_specs[i]))]
+    reset()
     realigned = _values(gm, flat)
     names = gm.meta["graft_values"]
     for node in analysis.nodes:
@@ -157,15 +214,17 @@ def verify(rm: "RealignedModule", seed: int = 0) -> None:
     """Run ``assert_equivalent`` on random rows at uneven batch sizes (1, 2, 3, 1, ...).
 
     A fragment that cannot run on one row by itself (batch norm with batch statistics raises
-    there) is checked at 2, 3, 4, 2, ... rows instead.
+    there) is checked at 2, 3, 4, 2, ... rows instead. The buffers the fragments update in place
+    are put back afterwards: checking changes no model.
     """
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    tensors = list({id(t): t for ts in state(rm).values() for t in ts.values()}.values())
+    with torch.no_grad(), restored(tensors):
         for smallest in (1, 2):
             inputs = []
             for f, specs in enumerate(rm.input_specs):
-                tensors = tuple(random_rows(s, smallest + f % 3, generator) for s in specs)
-                inputs.append(tensors if len(tensors) > 1 else tensors[0])
+                rows = tuple(random_rows(s, smallest + f % 3, generator) for s in specs)
+                inputs.append(rows if len(rows) > 1 else rows[0])
             if smallest == 2 or _runs_alone(rm, inputs):
                 assert_equivalent(rm, inputs)
                 return

@@ -3,7 +3,7 @@
 import sympy
 import torch.fx as fx
 import pytest
-from torch.utils._sympy.functions import FloorDiv, Mod
+from torch.utils._sympy.functions import FloatPow, FloatTrueDiv, FloorDiv, Mod, ToFloat, TruncToInt
 
 from graft_fx import GraftError
 from graft_fx.symbolic import materialize
@@ -19,6 +19,20 @@ def test_expressions_evaluate_like_sympy(expr):
     gm = fx.GraphModule({}, graph)
     for n in (0, 1, 2, 7):
         assert gm(n) == int(expr.subs(s, n))
+
+
+@pytest.mark.parametrize("expr, value", [
+    (FloatPow(ToFloat(s), 0.5), lambda n: float(n) ** 0.5),  # x.shape[0] ** 0.5, as export records it
+    (FloatTrueDiv(ToFloat(s), 4.0), lambda n: n / 4.0),
+    (TruncToInt(FloatTrueDiv(ToFloat(s), 2.0)), lambda n: int(n / 2.0)),
+])
+def test_float_size_arithmetic_evaluates_like_python(expr, value):
+    graph = fx.Graph()
+    rows = graph.placeholder("rows")
+    graph.output(materialize(expr, s, rows, graph))
+    gm = fx.GraphModule({}, graph)
+    for n in (0, 1, 2, 7):
+        assert gm(n) == value(n)
 
 
 def test_plain_values_come_back_as_they_are():
