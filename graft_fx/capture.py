@@ -119,8 +119,11 @@ def _user_frame(e: BaseException) -> str:
 def _advice(e: BaseException) -> str:
     text = str(e)
     if "Constraints violated" in text or "specializ" in text:
-        return ("it fixes its batch size (for example a reshape to a literal batch); graft_fx serves "
-                "any batch size, so derive the batch from the input, e.g. x.reshape(x.size(0), -1)")
+        return ("its code works only for some batch sizes (the guard, where quoted, says which): a reshape "
+                "to a literal batch, the batch as a Python number (len(x), math.sqrt(x.size(0))), or an op "
+                "across samples (torch.diff or x[::2] along dim 0, torch.cdist) makes such a guard; graft_fx "
+                "serves every batch size, so derive sizes from the input (x.reshape(x.size(0), -1)) or cut "
+                "the model before that layer")
     if "data-dependent" in text.lower() or "GuardOnDataDependent" in type(e).__name__:
         return ("its control flow depends on tensor values; replace the branch with torch.where or "
                 "torch.cond, or cut the model after it")

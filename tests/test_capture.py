@@ -79,6 +79,19 @@ def test_untraceable_module_names_the_line_and_what_to_do():
     assert "torch.export" in message and "torch.cond" in message
 
 
+class AcrossSamples(nn.Module):
+    def forward(self, x):
+        return torch.diff(x, dim=0)  # one row fewer than it reads: torch.export guards batch != 1
+
+
+def test_a_fragment_that_works_only_for_some_batch_sizes_quotes_the_guard():
+    with pytest.raises(graft_fx.TraceError) as info:
+        capture(AcrossSamples(), torch.randn(3, 4))
+    message = str(info.value)
+    assert "satisfy the generated guard" in message and "works only for some batch sizes" in message
+    assert "torch.diff" in message  # the advice names the usual suspects
+
+
 def test_untraceable_fragment_is_named_by_its_position():
     with pytest.raises(graft_fx.TraceError, match=r"fragment 1 \(DataDependent\)"):
         realign_all([features(), DataDependent()], [torch.randn(2, 4), torch.randn(2, 4)])
