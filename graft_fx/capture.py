@@ -346,10 +346,23 @@ def _specs(gm: fx.GraphModule) -> list[InputSpec]:
             for p in gm.graph.nodes if p.op == "placeholder"]
 
 
+def _functionalized(ep: ExportedProgram, name: str) -> ExportedProgram:
+    """``ep.run_decompositions({})``. Torch refuses that for some programs exported with grad mode
+    on (an in-place write into a view of an input: "a view was created in no_grad mode ...");
+    those are exported again from their module under no_grad first, as capture exports modules."""
+    try:
+        return ep.run_decompositions({})
+    except RuntimeError as e:
+        if "view was created in no_grad mode" not in str(e):
+            raise
+    with torch.no_grad():
+        return export_module(ep.module(), None, name).run_decompositions({})
+
+
 def from_program(ep: ExportedProgram, call: Callable[..., Any], name: str) -> Captured:
     """The canonical capture of an ExportedProgram (see the module docstring)."""
     if _needs_functionalization(ep.graph):
-        ep = ep.run_decompositions({})
+        ep = _functionalized(ep, name)
     gm, leaves = _lift(ep, name)
     gm.meta["graft_batch"] = _batch_symbol(gm, name)
     return Captured(gm, call, _specs(gm), leaves, ep.call_spec.out_spec, name, gm.meta["graft_batch"])

@@ -2,8 +2,8 @@
 minimized. Those the core does not handle yet are marked xfail(strict=True): when one starts
 passing, remove its mark (and the workaround named in its reason). None is open now.
 
-Both are missed sharing, not wrong results: each test first checks that the realigned module
-still computes what the fragments compute.
+The first two are missed sharing, the third a crash; none was a wrong result. Each test first
+checks that the realigned module computes what the fragments compute.
 
   in-place op on a slice    ``y[:, :2].relu_()`` is captured (functionalized) as slice, relu,
                             slice_scatter; aten.slice_scatter was not in the rule table, so it
@@ -14,6 +14,9 @@ still computes what the fragments compute.
                             (batch_norm -> _native_batch_norm_legit_no_training + getitem,
                             reshape/flatten -> view): its layers matched nothing in a fragment
                             captured without it (fixed: canonical.py spells both alike)
+  grad-mode program         a user's ExportedProgram exported with grad mode on, writing into a
+                            view of its input: torch's run_decompositions refused it (fixed:
+                            capture exports its module again under no_grad)
 """
 
 from __future__ import annotations
@@ -96,3 +99,29 @@ def test_functionalized_fragment_shares_with_a_plain_one():
     assert shared, "every layer of the tail is batch-separable"
     not_shared = [n.name for n in shared if rm.class_of(1, n).fragments != (0, 1)]
     assert not not_shared, f"the whole model runs all of the tail, but these are not shared: {not_shared}\n{rm.plan}"
+
+
+class WriteIntoInputView(nn.Module):
+    """Writes in place into a view of its input: functionalization is needed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(42, 42, bias=False)
+
+    def forward(self, x):
+        v = x.reshape(x.shape[0], 2, -1).flatten(1)
+        return v.add_(self.fc(torch.relu_(v)))
+
+
+def test_a_program_exported_with_grad_on_that_writes_into_an_input_view():
+    """torch's run_decompositions refuses such a program ("a view was created in no_grad mode");
+    capture exports its module again under no_grad (found by the large hypothesis profile)."""
+    torch.manual_seed(0)
+    model = WriteIntoInputView().eval()
+    ep = torch.export.export(model, (torch.randn(2, 42),), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                             strict=False)
+    rm = realign_all([ep, model], [torch.randn(2, 42)] * 2)
+    for rows in [(1, 3), (2, None), (None, 1)]:
+        g = torch.Generator().manual_seed(sum(r or 0 for r in rows))
+        graft_fx.testing.assert_equivalent(rm, [None if r is None else torch.randn(r, 42, generator=g) for r in rows])
+    assert not rm.plan.unshared, str(rm.plan)
