@@ -15,9 +15,9 @@ from typing import Any, Hashable
 import torch
 import torch.fx as fx
 
-from .capture import Captured, capture
+from .capture import Captured, capture, fetch_attr
 from .facts import Facts, collect
-from .separable import Verdict, roles
+from .separable import Verdict, draws_random, roles, updates
 
 
 @dataclass
@@ -34,6 +34,20 @@ class Analysis:
     def nodes(self) -> list[fx.Node]:
         """Every node but the output, in graph order."""
         return [n for n in self.gm.graph.nodes if n.op != "output"]
+
+    @property
+    def random(self) -> list[fx.Node]:
+        """The nodes that draw random numbers (dropout in training mode, ``torch.rand``): a
+        fragment with any has outputs that differ from run to run."""
+        return [n for n in self.nodes if draws_random(n)]
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The buffers (and parameters) this fragment updates in place, by attribute name: its
+        write-back targets and what ``separable.HIDDEN_UPDATES`` names (a train-mode batch
+        norm's running statistics). They are the fragment's own tensors, not copies."""
+        written = [w for n in self.nodes for w in updates(n, self.verdicts) if w.op == "get_attr"]
+        return {n.target: fetch_attr(self.gm, n.target) for n in written}
 
 
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Hashable, Analysis]]" = weakref.WeakKeyDictionary()

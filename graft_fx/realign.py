@@ -146,6 +146,23 @@ def _check_uniform(analyses: list[Analysis]) -> None:
                              f"to one {one} before realigning")
 
 
+def _check_state(analyses: list[Analysis]) -> None:
+    """No tensor may be updated in place by two fragments (the same module passed twice, or two
+    ``split`` tails of one model that both update a buffer): run one after the other, the second
+    reads what the first wrote, which one batched run cannot reproduce."""
+    owner: dict[int, tuple[int, str]] = {}
+    for f, a in enumerate(analyses):
+        for name, t in a.state.items():
+            if id(t) in owner and owner[id(t)][0] != f:
+                g, other = owner[id(t)]
+                raise GraftError(
+                    f"fragments {g} and {f} both update the buffer {other!r} in place (one tensor: the same "
+                    f"module twice, or two tails of one model); realigned, neither would see the other's "
+                    f"update as it does when they run one after the other. Give each fragment its own copy "
+                    f"(copy.deepcopy), or use eval mode where only training updates it")
+            owner.setdefault(id(t), (f, name))
+
+
 def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None, *,
             verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE) -> RealignedModule:
     """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
@@ -177,6 +194,7 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
         for i, (fragment, example) in enumerate(zip(fragments, examples))
     ]
     _check_uniform(analyses)
+    _check_state(analyses)
     classes, declined = align(analyses, min_flops_per_byte)
     rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined))
     if verify:

@@ -893,8 +893,13 @@ def _impure(node: fx.Node) -> bool:
     return bool(schema is not None and schema.is_mutable)
 
 
-def _nondeterministic(node: fx.Node) -> bool:
-    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+def draws_random(node: fx.Node) -> bool:
+    """Whether the op draws from the random stream (ATen's ``nondeterministic_seeded`` tag), but
+    not dropout with ``train=False``, which is the identity."""
+    if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+        return False
+    train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
+    return not (op_name(node) in DROPOUTS and train is False)
 
 
 def roles(gm: fx.GraphModule, facts: dict[fx.Node, Facts]) -> dict[fx.Node, Verdict]:
@@ -921,7 +926,7 @@ def _verdict(node: fx.Node, facts: dict[fx.Node, Facts], verdicts: dict[fx.Node,
     if _impure(node):
         return Verdict(Role.PRIVATE, f"{what}: it mutates a tensor")
     if f.kind is Kind.CONST:
-        if _nondeterministic(node) and not (name in DROPOUTS and Site(node, facts, verdicts).lit(2) is False):
+        if draws_random(node):
             return Verdict(Role.PRIVATE, f"{what}: it draws random numbers")
         varying = [a.name for a in node.all_input_nodes if verdicts[a].role not in (Role.CONST, Role.FOLDED)]
         if varying:

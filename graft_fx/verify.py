@@ -16,16 +16,17 @@ back afterwards, so that ``realign`` leaves the user's models as it found them.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from .capture import InputSpec, fetch_attr, layer_name
+from .capture import InputSpec, layer_name
 from .errors import GraftError
 from .rows import take_rows
-from .separable import GATHERABLE, updates
+from .separable import GATHERABLE
 
 if TYPE_CHECKING:
     from .realign import RealignedModule
@@ -88,14 +89,8 @@ def _as_tuple(x: Any) -> tuple:
 
 
 def state(rm: "RealignedModule") -> dict[int, dict[str, torch.Tensor]]:
-    """The tensors each fragment updates in place (``separable.updates``: its buffers' write-back
-    targets, a train-mode batch norm's running statistics), by attribute name."""
-    found: dict[int, dict[str, torch.Tensor]] = {}
-    for f in range(rm.num_fragments):
-        a = rm.analysis(f)
-        written = [w for n in a.nodes for w in updates(n, a.verdicts) if w.op == "get_attr"]
-        found[f] = {n.target: fetch_attr(a.gm, n.target) for n in written}
-    return found
+    """The tensors each fragment updates in place (``Analysis.state``), by attribute name."""
+    return {f: rm.analysis(f).state for f in range(rm.num_fragments)}
 
 
 @contextlib.contextmanager
@@ -116,13 +111,13 @@ def assert_equivalent(rm: "RealignedModule", inputs: Sequence[Any], *, rtol: flo
 
     ``inputs`` holds one entry per fragment, as ``rm`` takes them (a tensor, a tuple, or None for
     an absent fragment). Every run starts from the same state: each fragment alone, then ``rm``;
-    the buffers a fragment updates in place must end as its own run left them (where no other
-    fragment updates the same tensor), and stay as ``rm`` leaves them. Raises GraftError naming
+    the buffers a fragment updates in place (no two fragments update one tensor: ``realign``
+    refuses that) must end as its own run left them, and stay as ``rm`` leaves them. A fragment
+    that draws random numbers (dropout in training mode) cannot be compared: a warning names it. Raises GraftError naming
     the fragment and the first differing node, or the buffer.
     """
     owned = state(rm)
     tensors = list({id(t): t for ts in owned.values() for t in ts.values()}.values())
-    owners = {id(t): sum(any(u is t for u in ts.values()) for ts in owned.values()) for t in tensors}
 
     def reset() -> None:
         with torch.no_grad():
@@ -135,23 +130,28 @@ def assert_equivalent(rm: "RealignedModule", inputs: Sequence[Any], *, rtol: flo
             if x is not None:
                 reset()
                 expected[f] = rm.reference(f)(*_clone(_as_tuple(x)))
-                after[f] = {name: t.detach().clone() for name, t in owned[f].items() if owners[id(t)] == 1}
+                after[f] = {name: t.detach().clone() for name, t in owned[f].items()}
     actual = rm(*_clone(inputs))
     for f, x in enumerate(inputs):
         if x is None:
+            continue
+        random = rm.analysis(f).random
+        if random:
+            warnings.warn(f"{rm.fragment_name(f)} draws random numbers ({layer_name(random[0])}): "
+                          "its outputs differ from run to run, so they are not compared", stacklevel=2)
             continue
         try:
             assert_close(actual[f], expected[f], rtol=rtol, atol=atol)
         except AssertionError as e:
             with restored(tensors):
                 where = _first_difference(rm, inputs, f, rtol, atol, reset)
-            raise GraftError(f"realigned fragment {f} ({rm.fragment_name(f)}) differs from running it "
+            raise GraftError(f"realigned {rm.fragment_name(f)} differs from running it "
                              f"alone: {where}; {str(e).splitlines()[0]}") from e
         for name, value in after[f].items():
             try:
                 assert_close(owned[f][name], value, rtol=rtol, atol=atol)
             except AssertionError as e:
-                raise GraftError(f"realigned fragment {f} ({rm.fragment_name(f)}) leaves its buffer {name} "
+                raise GraftError(f"realigned {rm.fragment_name(f)} leaves its buffer {name} "
                                  f"other than running it alone does: {str(e).splitlines()[0]}") from e
 
 

@@ -129,7 +129,7 @@ def test_plan_reports_what_was_not_shared():
             return self.lin(self.bn(x))
 
     model = TrainBN().train()
-    rm = realign_all([model, model], [torch.randn(2, 4)] * 2)
+    rm = realign_all([model, copy.deepcopy(model)], [torch.randn(2, 4)] * 2)  # each its own statistics
     assert {u.fragment for u in rm.plan.unshared} == {0, 1}
     assert all("training" in u.reason for u in rm.plan.unshared)
     assert any(s.batched for s in rm.plan.segments)  # the linear after it is shared

@@ -21,6 +21,11 @@ the fragments separately, on more than one call where the fragments keep state.
   private without rows      an op reading a private tensor without rows (h.mean(0)) kept every
                             layer after it private (separable: such ops run per fragment)
   rule table                x.T, x.mT, movedim, aminmax, nn.RNN were not in the table
+  one buffer, two fragments the same module twice (or two split tails of one model) updating a
+                            buffer: realigned, the second could not see the first's update
+                            (realign refuses it now: copy.deepcopy gives each its own)
+  random outputs            verify compared dropout in training mode against itself and blamed
+                            the layer (it warns and skips such a fragment now)
 """
 
 from __future__ import annotations
@@ -201,3 +206,36 @@ def test_rnn_twins_are_shared():
 def test_one_module_instead_of_a_list_is_a_clear_error():
     with pytest.raises(graft_fx.GraftError, match="a list of fragments"):
         graft_fx.realign(nn.Linear(4, 4), [torch.randn(2, 4)])
+
+
+class Counter(nn.Module):
+    """Counts its calls in a buffer, and scales its output by the count."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.register_buffer("n", torch.zeros(()))
+
+    def forward(self, x):
+        h = self.l1(x)
+        self.n.add_(1)
+        return self.l2(h) * self.n
+
+
+def test_two_fragments_updating_one_buffer_are_refused():
+    """Run one after the other, the second reads the first's update; one batched run cannot."""
+    m, x = Counter(), torch.randn(2, 8)
+    tails = [graft_fx.split(m, "linear", x)[1] for _ in range(2)]
+    for fragments in ([m, m], tails):
+        with pytest.raises(graft_fx.GraftError, match="both update the buffer 'n' in place"):
+            realign_all(fragments, [x, x])
+    realign_all([m, copy.deepcopy(m)], [x, x])  # copies: each its own state
+    assert m.n.item() == 0, "realign's own check changed the model"
+
+
+def test_verify_warns_instead_of_comparing_random_outputs():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 8)).train()
+    with pytest.warns(UserWarning, match=r"fragment 0 \(Sequential\) draws random numbers \(1 \(dropout\)\)"):
+        graft_fx.realign([m, copy.deepcopy(m)], [torch.randn(2, 8)] * 2)
