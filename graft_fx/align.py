@@ -8,7 +8,8 @@ one in which the members of a class
   (b) are batch-separable (role SHARED), unless the class is a single node,
   (c) come from distinct fragments, and
   (d) have the same *users signature*: the set of (class of user, argument position) pairs, with
-      every private user, and the fragment's output, written as one token.
+      every private user and the fragment's output written as one token; write-backs, and users
+      that only compute what a write-back writes, are left out.
 
 Condition (d) makes sharing grow backwards from the outputs, and it handles DAGs (residual
 skips, branches, concatenations) with no special cases. Writing private users as one token lets
@@ -86,6 +87,18 @@ _UNEMITTED = (Role.FOLDED, Role.CHECK)
 """Roles whose nodes get no class: sizes are rebuilt per consumer, export's checks are dropped."""
 
 
+def _write_only(a: Analysis) -> set[fx.Node]:
+    """Nodes that only compute what a write-back writes (functionalization regenerates the base
+    of a view that was written into). Like the write-backs, they are left out of users
+    signatures: another fragment that does not write back has no counterpart of them."""
+    found: set[fx.Node] = set()
+    for n in reversed(a.nodes):
+        users = list(n.users)
+        if users and all(u in found or u.op != "output" and a.verdicts[u].role is Role.WRITE for u in users):
+            found.add(n)
+    return found
+
+
 class _Pool:
     def __init__(self, analyses: list[Analysis], strict: bool):
         self.strict = strict
@@ -94,6 +107,7 @@ class _Pool:
             (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role not in _UNEMITTED
         ]
         self.label: dict[Member, int] = {}
+        self.write_only = [_write_only(a) for a in analyses]
         self.uses = {m: _uses(m[1]) for m in self.members if self.role(m) is Role.SHARED}
 
     def role(self, m: Member) -> Role:
@@ -126,7 +140,8 @@ class _Pool:
     def signature(self, m: Member) -> frozenset:
         f, node = m
         return frozenset(self.user_token(f, u, i) for u, i in self.uses[m]
-                         if u.op == "output" or self.role((f, u)) not in (*_UNEMITTED, Role.WRITE))
+                         if u.op == "output" or self.role((f, u)) not in (*_UNEMITTED, Role.WRITE)
+                         and u not in self.write_only[f])
 
     def refine(self) -> None:
         count = len(set(self.label.values()))
