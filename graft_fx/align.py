@@ -87,18 +87,6 @@ _UNEMITTED = (Role.FOLDED, Role.CHECK)
 """Roles whose nodes get no class: sizes are rebuilt per consumer, export's checks are dropped."""
 
 
-def _write_only(a: Analysis) -> set[fx.Node]:
-    """Nodes that only compute what a write-back writes (functionalization regenerates the base
-    of a view that was written into). Like the write-backs, they are left out of users
-    signatures: another fragment that does not write back has no counterpart of them."""
-    found: set[fx.Node] = set()
-    for n in reversed(a.nodes):
-        users = list(n.users)
-        if users and all(u in found or u.op != "output" and a.verdicts[u].role is Role.WRITE for u in users):
-            found.add(n)
-    return found
-
-
 class _Pool:
     def __init__(self, analyses: list[Analysis], strict: bool):
         self.strict = strict
@@ -107,7 +95,7 @@ class _Pool:
             (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role not in _UNEMITTED
         ]
         self.label: dict[Member, int] = {}
-        self.write_only = [_write_only(a) for a in analyses]
+        self.write_only = [a.write_only for a in analyses]
         self.uses = {m: _uses(m[1]) for m in self.members if self.role(m) is Role.SHARED}
 
     def role(self, m: Member) -> Role:

@@ -8,6 +8,7 @@ modes and the same hooks. Changing any of those captures it again.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Hashable
@@ -17,7 +18,7 @@ import torch.fx as fx
 
 from .capture import Captured, capture, fetch_attr
 from .facts import Facts, collect
-from .separable import Verdict, draws_random, roles, updates
+from .separable import Role, Verdict, draws_random, roles, updates
 
 
 @dataclass
@@ -34,6 +35,18 @@ class Analysis:
     def nodes(self) -> list[fx.Node]:
         """Every node but the output, in graph order."""
         return [n for n in self.gm.graph.nodes if n.op != "output"]
+
+    @functools.cached_property
+    def write_only(self) -> set[fx.Node]:
+        """Nodes that only compute what a write-back writes: functionalization regenerates the
+        base of a view that was written into. They compute no output; alignment leaves them out
+        of users signatures, since a fragment that does not write has no counterpart of them."""
+        found: set[fx.Node] = set()
+        for n in reversed(self.nodes):
+            users = list(n.users)
+            if users and all(u in found or u.op != "output" and self.verdicts[u].role is Role.WRITE for u in users):
+                found.add(n)
+        return found
 
     @property
     def random(self) -> list[fx.Node]:

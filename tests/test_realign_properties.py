@@ -147,9 +147,9 @@ def fragment_calls(rm: graft_fx.RealignedModule, min_batch: int = 0, everyone: b
 
 
 def computing(a) -> list[fx.Node]:
-    """The nodes of a captured graph that compute on rows (not inputs, weights, sizes, checks or
-    write-backs)."""
-    return [n for n in a.nodes if a.verdicts[n].role not in NOT_COMPUTING]
+    """The nodes of a captured graph that compute on rows (not inputs, weights, sizes, checks,
+    write-backs or what only feeds a write-back)."""
+    return [n for n in a.nodes if a.verdicts[n].role not in NOT_COMPUTING and n not in a.write_only]
 
 
 def class_of(rm: graft_fx.RealignedModule) -> dict[tuple[int, str], Any]:
