@@ -30,6 +30,14 @@ layer feeds a reshape in one capture and the output in another. Reshapes spelled
 ops (``flatten`` against ``reshape`` with sizes) stay as they are; layer keys compare them by
 input and output shape (``keys.py``).
 
+Functionalizing a write into a view also replays views of the updated base: it scatters the
+written value back (``slice_scatter``), regenerates the base, and slices the view out again. How
+long that detour is depends on where the base starts (a fragment's input, or a tensor further
+up), so the same layers would differ between fragments. Three identities cut it short: a slice
+of a scatter over the same range is the scattered value (likewise ``select`` of
+``select_scatter``), a slice over a whole dim is its input, and a scatter over a whole tensor is
+the scattered value.
+
 Last, dead code goes (``Graph.eliminate_dead_code``, which keeps mutations, asserts and random
 ops): functionalization leaves views of updated bases that nothing reads, and an extra user
 changes a layer's users signature in alignment.
@@ -38,7 +46,7 @@ changes a layer's users signature in alignment.
 from __future__ import annotations
 
 import operator
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -69,6 +77,59 @@ def _collapse(node: fx.Node) -> None:
         node.graph.erase_node(node)
     elif node.target is aten.reshape.default:
         node.args = (source, *node.args[1:])
+
+
+MAX_END = 2**63 - 1
+"""What ``x[a:]`` records as the end of a slice."""
+
+
+def _range(node: fx.Node, first: int) -> tuple | None:
+    """``(dim, start, end, step)`` of a slice or slice_scatter (arguments from ``first`` on),
+    with defaults filled and the dim normalised; None unless all are plain ints."""
+    names, defaults = ("dim", "start", "end", "step"), (0, 0, MAX_END, 1)
+    values = [node.args[first + i] if first + i < len(node.args) else node.kwargs.get(n, d)
+              for i, (n, d) in enumerate(zip(names, defaults))]
+    values = [d if v is None else v for v, d in zip(values, defaults)]
+    if not all(type(v) is int for v in values):
+        return None
+    ndim = len(_shape(node.args[0]) or ())
+    return (values[0] % ndim if ndim else values[0], *values[1:])
+
+
+def _whole(rng: tuple | None) -> bool:
+    return rng is not None and rng[1] == 0 and rng[3] == 1
+
+
+def _replace(node: fx.Node, value: fx.Node) -> None:
+    node.replace_all_uses_with(value)
+    node.graph.erase_node(node)
+
+
+def _slice(node: fx.Node) -> None:
+    """``x[whole dim]`` -> ``x``; a slice of ``slice_scatter(b, src, range)`` over that range -> ``src``."""
+    source, rng = node.args[0], _range(node, 1)
+    if rng is None or not isinstance(source, fx.Node):
+        return
+    if _whole(rng) and _shape(source) == _shape(node):
+        _replace(node, source)
+    elif source.target is aten.slice_scatter.default and _range(source, 2) == rng \
+            and _shape(source.args[1]) == _shape(node):
+        _replace(node, source.args[1])
+
+
+def _whole_scatter(node: fx.Node) -> None:
+    """``slice_scatter(b, src, whole range)`` with ``src`` of ``b``'s shape -> ``src``."""
+    base, src = node.args[0], node.args[1]
+    if _whole(_range(node, 2)) and _shape(src) == _shape(base) and src.meta["val"].dtype == base.meta["val"].dtype:
+        _replace(node, src)
+
+
+def _select(node: fx.Node) -> None:
+    """``select(select_scatter(b, src, dim, i), dim, i)`` -> ``src``."""
+    source = node.args[0]
+    if isinstance(source, fx.Node) and source.target is aten.select_scatter.default \
+            and tuple(source.args[2:4]) == tuple(node.args[1:3]) and _shape(source.args[1]) == _shape(node):
+        _replace(node, source.args[1])
 
 
 def _as(target: torch._ops.OpOverload) -> Callable[[fx.Node], None]:
@@ -137,17 +198,26 @@ REWRITES: dict[torch._ops.OpOverload, Callable[[fx.Node], None]] = {
 }
 """Rewrites by ATen overload (see the module docstring)."""
 
+SIMPLIFY: dict[Any, Callable[[fx.Node], None]] = {
+    **{op: _collapse for op in RESHAPES},
+    aten.slice.Tensor: _slice,
+    aten.slice_scatter.default: _whole_scatter,
+    aten.select.int: _select,
+}
+"""Value identities applied in graph order, after ``REWRITES`` (see the module docstring)."""
+
 
 def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
-    """Apply ``REWRITES`` to every node of ``gm`` in place, collapse reshapes and drop dead code;
-    returns ``gm`` recompiled."""
+    """Apply ``REWRITES`` to every node of ``gm`` in place, then ``SIMPLIFY``, then drop dead
+    code; returns ``gm`` recompiled."""
     for node in list(gm.graph.nodes):
         rewrite = REWRITES.get(node.target) if node.op == "call_function" else None
         if rewrite is not None:
             rewrite(node)
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in RESHAPES:
-            _collapse(node)
+        simplify = SIMPLIFY.get(node.target) if node.op == "call_function" else None
+        if simplify is not None:
+            simplify(node)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm

@@ -113,3 +113,33 @@ def test_dead_code_goes_but_effects_stay():
     found = ops(capture(Effects(), torch.randn(2, 4)).gm)
     assert found[aten.mul.Tensor] == 1 and not found[aten.sum.dim_IntList]  # mul_ made functional; x * 3 gone
     assert found[aten.rand.default] == 1 and found[aten.dropout.default] == 1 and found[aten.copy_.default] == 1
+
+
+class WriteThroughViews(nn.Module):
+    """relu in place on a slice of a flattened slice: functionalization scatters the result back
+    through both views and slices it out again."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(10, 10)
+
+    def forward(self, x):
+        v = torch.flatten(x[:, :2], 1)[:, :10]
+        torch.relu_(v)
+        return self.fc(v) + v
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_view_replays_are_cut_short_and_values_kept(rows):
+    m = WriteThroughViews()
+    gm = capture(m, torch.randn(2, 4, 5)).gm
+    relu = next(n for n in gm.graph.nodes if n.target is aten.relu.default)
+    readers = {u.target for u in relu.users}
+    assert aten.linear.default in readers and aten.add.Tensor in readers, gm.graph  # no slice of a scatter
+    assert not [n for n in gm.graph.nodes if n.target is aten.slice.Tensor and n.args[0].target is aten.slice_scatter.default]
+    x = torch.randn(rows, 4, 5)
+    mine, theirs = x.clone(), x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(gm(mine)[0], m(theirs))
+    torch.testing.assert_close(mine, theirs)  # the input is written as eager writes it
