@@ -22,8 +22,8 @@ dropout with ``train=False``                its input: dropout is the identity t
                                             so the result is a constant, not a value of ``x``
 ==========================================  ===================================================
 
-Reshapes are then collapsed: a reshape of a reshape is one reshape of the first one's input,
-and a reshape to its input's own shape (sizes compared as symbolic expressions) is its input.
+Reshapes are then collapsed where they make a round trip: a chain of reshapes that ends in its
+source's own shape (sizes compared as symbolic expressions) is its source.
 Functionalizing an in-place write into a flattened view leaves such round trips
 (``reshape(reshape(y, [s, 1, 4, 4]), [s, 16])``); without collapsing them a fragment's last
 layer feeds a reshape in one capture and the output in another. Reshapes spelled with different
@@ -65,18 +65,15 @@ def _shape(node: fx.Node) -> tuple | None:
 
 
 def _collapse(node: fx.Node) -> None:
-    """A chain of reshapes ending in ``node``: to its source when the shapes agree, else (for
-    ``reshape``, whose sizes are absolute) one reshape of the source."""
+    """A chain of reshapes ending in ``node`` whose source has ``node``'s shape: to its source.
+
+    Only round trips go: a chain that ends elsewhere is kept whole, since a fragment may start
+    at any value along it and must find the same reshapes there."""
     source = node.args[0]
     while isinstance(source, fx.Node) and source.op == "call_function" and source.target in RESHAPES:
         source = source.args[0]
-    if not isinstance(source, fx.Node) or source is node.args[0] and _shape(source) != _shape(node):
-        return
-    if _shape(source) is not None and _shape(source) == _shape(node):
-        node.replace_all_uses_with(source)
-        node.graph.erase_node(node)
-    elif node.target is aten.reshape.default:
-        node.args = (source, *node.args[1:])
+    if isinstance(source, fx.Node) and _shape(source) is not None and _shape(source) == _shape(node):
+        _replace(node, source)
 
 
 MAX_END = 2**63 - 1
