@@ -3,8 +3,8 @@
 The 100-type profile has one piece per type, each taking ``launch + work * rows / share**0.7``
 with launch and work drawn at random (a model cut at 100 places); every type gets a random rate
 and budget. Timings are the median of ``--reps`` calls, with realignment on (the DP over groups)
-and off (one instance per type), at the planner's default share step (0.01) and at the simulator's
-(0.001), whose share grid is ten times larger.
+and off (one instance per type), with and without time sharing, on two share grids: H200 green
+contexts (17 partition sizes) and whole percentages (100, as MPS offers).
 
     python benchmarks/bench_planner.py
 """
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from graft_fx.serving import profiles
+from graft_fx.serving import partitions, profiles
 from graft_fx.serving.planner import Demand, plan
 from graft_fx.serving.profiles import Piece, Profile
 
@@ -30,11 +30,12 @@ def synthetic(n: int, rng: np.random.Generator) -> Profile:
     return Profile("synthetic", "synthetic", "synthetic", pieces, shares, batches, latency)
 
 
-def timed(profile: Profile, demands: list[Demand], realign: bool, step: float, reps: int) -> tuple[float, float]:
+def timed(profile: Profile, demands: list[Demand], realign: bool, grid: partitions.Partitioning,
+          time_sharing: bool, reps: int) -> tuple[float, float]:
     times, share = [], 0.0
     for _ in range(reps):
         started = time.perf_counter()
-        share = plan(profile, demands, realign, share_step=step).total_share
+        share = plan(profile, demands, realign, grid, time_sharing).total_share
         times.append(time.perf_counter() - started)
     return statistics.median(times), share
 
@@ -51,12 +52,16 @@ def main() -> None:
         "synthetic, 100 types": (synthetic(100, rng), [Demand(f, rng.uniform(50, 500), rng.uniform(5e-3, 20e-3))
                                                        for f in range(100)]),
     }
-    print("| case | share step | realign | median s | total share |\n|---|---|---|---|---|")
+    h200 = partitions.DEVICES["NVIDIA H200"]
+    grids = {"green contexts": partitions.green_contexts(h200), "MPS percentages": partitions.mps(h200)}
+    print("| case | shares | realign | time sharing | median s | total share |\n|---|---|---|---|---|---|")
     for name, (profile, demands) in cases.items():
-        for step in (0.01, 0.001):
+        for label, grid in grids.items():
             for realign in (True, False):
-                seconds, share = timed(profile, demands, realign, step, args.reps)
-                print(f"| {name} | {step:g} | {'on' if realign else 'off'} | {seconds:.3f} | {share:.3f} |")
+                for turns in (False, True):
+                    seconds, share = timed(profile, demands, realign, grid, turns, args.reps)
+                    print(f"| {name} | {label} | {'on' if realign else 'off'} | {'on' if turns else 'off'} "
+                          f"| {seconds:.3f} | {share:.3f} |")
 
 
 if __name__ == "__main__":

@@ -131,12 +131,14 @@ class Selection:
         facts = analysis.facts
         nodes = analysis.nodes
         pieces = []
-        for i, (cut, pos) in enumerate(chosen):
+        for i, ((cut, pos), layers) in enumerate(zip(chosen, self.costs())):
             end = self.cuts[i + 1] if i + 1 < len(chosen) else None
             row_shape = facts[nodes[pos]].row_shape or ()
+            workspace = max((c.read_bytes_per_row + c.write_bytes_per_row for c in layers), default=0)
             pieces.append(Piece(cut.name, end.name if end else "output",
                                 (end.flops_before if end else 1.0) - cut.flops_before,
-                                cut.activation_bytes, tuple(int(d) for d in row_shape)))
+                                cut.activation_bytes, tuple(int(d) for d in row_shape),
+                                sum(c.weight_bytes for c in layers), workspace))
         self.pieces: tuple[Piece, ...] = tuple(pieces)
 
     def row_dtype(self, piece: int) -> torch.dtype:

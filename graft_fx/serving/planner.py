@@ -31,8 +31,11 @@ fluid server whose real queue explodes. The model is otherwise one of expectatio
 average batch, not the queueing tail, which the batching policy and the simulator then judge.
 
 Every piece's ``x_i + 1`` stays within `Profile.max_batch`: the plan never rests on extrapolated
-batches. Shares are multiples of ``share_step`` in (0, 1]; a group needing more than one
-accelerator's worth of throughput gets more replicas; its cost is ``r * s``.
+batches. Shares are the partitions the accelerator can make (`partitions.Partitioning`: green
+contexts in steps of 8 SMs on an H200 by default); a group needing more than one accelerator's
+worth of throughput gets more replicas; its cost is ``r * s``. A share below the profile's
+smallest measured one rests on the profile's ``1 / share`` extrapolation, and its group says so
+(`Group.extrapolated`).
 
 **Why parametrise by u = T / r.** The rows depend on ``u`` only, so for a fixed ``(u, s)`` the
 latency is fixed and the best replica count is the least that keeps up, ``r = ceil(latency / u)``
@@ -68,11 +71,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import GraftError
+from .partitions import Partitioning, for_device
 from .profiles import Profile
 
 # The grid of u = T / r: from this fraction of the smallest budget to the largest, this far apart.
@@ -112,21 +116,37 @@ class Group:
     latency_s: float
     budget_s: float
     rows: float
+    extrapolated: bool = False  # the share is below the profile's smallest measured share
 
-    @property
-    def total_share(self) -> float:
-        return self.share * self.replicas
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a device: ``share`` of it runs one replica of each group in ``groups``
+    (indices into `Plan.groups`). Several groups take turns on it within their common duty cycle
+    (time sharing)."""
+
+    share: float
+    groups: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Groups that together serve every demanded fragment type exactly once."""
+    """Groups that together serve every demanded fragment type exactly once, on partitions of
+    ``partitioning``. ``partitions`` place every replica of every group; by default each replica
+    has a partition of its own."""
 
     groups: tuple[Group, ...]
+    partitioning: Partitioning | None = None
+    partitions: tuple[Partition, ...] = ()
+
+    def __post_init__(self):
+        if not self.partitions:
+            own = tuple(Partition(g.share, (i,)) for i, g in enumerate(self.groups) for _ in range(g.replicas))
+            object.__setattr__(self, "partitions", own)
 
     @property
     def total_share(self) -> float:
-        return sum(g.total_share for g in self.groups)
+        return sum(p.share for p in self.partitions)
 
     def group_of(self, fragment: int) -> int:
         """The index in ``groups`` of the group that serves ``fragment``."""
@@ -138,44 +158,63 @@ class Plan:
 
     def __str__(self) -> str:
         head = ("group", "fragments", "share", "replicas", "cycle ms", "latency ms", "budget ms")
-        rows = [head] + [(str(i), ",".join(map(str, g.fragments)), f"{g.share:.2f}", str(g.replicas),
+        name = self.partitioning.describe if self.partitioning else (lambda s: f"{s:.3f}")
+        rows = [head] + [(str(i), ",".join(map(str, g.fragments)), name(g.share) + "*" * g.extrapolated,
+                          str(g.replicas),
                           f"{g.duty_cycle_s * 1e3:.3f}", f"{g.latency_s * 1e3:.3f}",
                           f"{g.budget_s * 1e3:.3f}") for i, g in enumerate(self.groups)]
         widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
         lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-        return "\n".join(lines + [f"total share {self.total_share:.2f}"])
+        shared = [p.groups for p in self.partitions if len(p.groups) > 1]
+        turns = f"; time-shared partitions: {shared}" if shared else ""
+        return "\n".join(lines + [f"total share {self.total_share:.2f}{turns}"])
 
 
 def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
-         share_step: float = 0.01) -> Plan:
+         partitioning: Partitioning | None = None, time_sharing: bool = False) -> Plan:
     """The least-share plan for ``demands`` on ``profile``; see the module docstring.
 
-    ``realign=False`` gives every type its own instance (the per-fragment baseline). Raises
+    ``realign=False`` gives every type its own instance (the per-fragment baseline).
+    ``partitioning`` lists the shares a plan may use; by default, green contexts of the profile's
+    device (`partitions.for_device`). ``time_sharing`` lets single-replica groups take turns on
+    one partition where that needs less share (`_time_share`). With ``realign`` the plan is the
+    cheaper of the realigned one and the per-fragment one (which is a realigned plan too, of
+    singleton groups), so re-alignment never needs more share, time sharing or not. Raises
     GraftError for bad demands and for a type that cannot meet its budget even alone on a whole
     accelerator (roughly: a budget below twice its one-row latency at share 1.0).
     """
     demands = _check_demands(profile, demands)
+    partitioning = partitioning or for_device(profile.device)
     if not demands:
-        return Plan(())
-    t = _Tables(profile, _check_step(share_step), demands)
-    n = len(demands)
-    singles = [_runs(t, a, a + 1) for a in range(n)]
+        return Plan((), partitioning)
+    t = _Tables(profile, partitioning.grid, demands)
+    singles = [_runs(t, a, a + 1) for a in range(t.n)]
     for d, single in zip(demands, singles):
         if not math.isfinite(single.cost[0]):
             raise _unservable(profile, d)
-    best = [0.0] + [math.inf] * n        # best[b]: the least share for types 0 .. b-1
-    last: list[tuple[int, _Runs]] = [(0, singles[0])] * (n + 1)  # last[b]: its last group's start
-    for a in range(n):
+    plans = []
+    for merge in ((False, True) if realign else (False,)):
+        groups = [_group(t, a, b, runs) for a, b, runs in _grouping(t, singles, merge)]
+        plans.append(_time_share(t, groups, partitioning) if time_sharing else Plan(tuple(groups), partitioning))
+    return min(plans, key=lambda p: (round(p.total_share, 9), len(p.groups)))
+
+
+def _grouping(t: _Tables, singles: list[_Runs], realign: bool) -> list[tuple[int, int, _Runs]]:
+    """The least-share partition of the types into contiguous groups ``a .. b-1`` (see
+    "Grouping"), as ``(a, b, runs)`` in cut order."""
+    best = [0.0] + [math.inf] * t.n      # best[b]: the least share for types 0 .. b-1
+    last: list[tuple[int, _Runs]] = [(0, singles[0])] * (t.n + 1)  # last[b]: its last group's start
+    for a in range(t.n):
         # singles[a] sizes the group of a alone; _runs(a, n) the longer ones (b >= a + 2)
         for b, cost, runs in _candidates(t, a, singles[a], realign):
             if best[a] + cost < best[b]:
                 best[b], last[b] = best[a] + cost, (a, runs)
-    groups, b = [], n
+    groups, b = [], t.n
     while b > 0:
         a, runs = last[b]
-        groups.append(_group(t, a, b, runs))
+        groups.append((a, b, runs))
         b = a
-    return Plan(tuple(reversed(groups)))
+    return groups[::-1]
 
 
 def _candidates(t: _Tables, a: int, single: _Runs, realign: bool):
@@ -213,14 +252,14 @@ class Replanner:
     """
 
     def __init__(self, profile: Profile, budgets: Mapping[int, float], tolerance: float = 0.2,
-                 realign: bool = True, share_step: float = 0.01):
+                 realign: bool = True, partitioning: Partitioning | None = None):
         if not tolerance >= 0:
             raise GraftError(f"tolerance {tolerance}: expected a relative drift of 0 or more")
         self.profile = profile
         self.budgets = dict(budgets)
         self.tolerance = tolerance
         self.realign = realign
-        self.share_step = share_step
+        self.partitioning = partitioning
         self.plan: Plan | None = None
         self.rates: dict[int, float] = {}
 
@@ -239,7 +278,7 @@ class Replanner:
             raise GraftError(f"no budget for fragments {missing}: expected one for every observed type, "
                              f"have {sorted(self.budgets)}")
         demands = [Demand(f, r, self.budgets[f]) for f, r in sorted(rates.items())]
-        self.plan = plan(self.profile, demands, self.realign, self.share_step)
+        self.plan = plan(self.profile, demands, self.realign, self.partitioning)
         self.rates = rates
         return self.plan
 
@@ -270,11 +309,6 @@ def _check_demands(profile: Profile, demands: Iterable[Demand], budgets: bool = 
     return demands
 
 
-def _check_step(share_step: float) -> float:
-    if not (0 < share_step <= 1):
-        raise GraftError(f"share_step {share_step}: expected a fraction of one accelerator in (0, 1]")
-    return float(share_step)
-
 
 def least_budget(profile: Profile, fragment: int) -> float:
     """The least budget a type can be planned for, with room to spare: twice its latency alone
@@ -301,13 +335,13 @@ class _Tables:
     each member's own pieces (up to the next member's cut), blocks ``n .. 2n-1`` its tail to the
     end of the model; ``step`` is the rise to the next row (never negative)."""
 
-    def __init__(self, profile: Profile, share_step: float, demands: list[Demand]):
+    def __init__(self, profile: Profile, shares: np.ndarray, demands: list[Demand]):
         frags = np.array([d.fragment for d in demands], dtype=int)
         self.rates = np.array([d.rate_per_s for d in demands], dtype=float)
         self.budgets = np.array([d.budget_s for d in demands], dtype=float)
         self.frags, self.n, self.max_batch = frags, len(frags), profile.max_batch
-        count = int(math.floor(1 / share_step + 1e-9))
-        self.shares = np.round(np.arange(1, count + 1) * share_step, 12)
+        self.shares = shares
+        self.least_measured = float(profile.shares[0])
         self.weights = _share_weights(profile.shares, self.shares).T  # (measured, grid shares)
         lo, hi = self.budgets.min() * _U_LOW, self.budgets.max()
         self.u = np.geomspace(lo, hi, 1 + math.ceil(math.log(hi / lo) / math.log(_U_RATIO)))
@@ -400,4 +434,97 @@ def _group(t: _Tables, a: int, b: int, runs: _Runs) -> Group:
     replicas = int(runs.replicas[i])
     return Group(tuple(int(f) for f in t.frags[a:b]), float(t.shares[s]), replicas,
                  replicas * float(u), busy, float(runs.latency[i]), float(t.budgets[a:b].min()),
-                 float(rows[-1, 0]))
+                 float(rows[-1, 0]), bool(t.shares[s] < t.least_measured - 1e-12))
+
+
+# Time sharing.
+
+@dataclass
+class _Turns:
+    """Single-replica groups taking turns on one partition: their summed request-batch latency
+    ``latency[u, share]`` and tightest budget ``budget[u]`` (negative where some batch would
+    outgrow the profile), and the partition's cost."""
+
+    members: list[int]
+    latency: np.ndarray
+    budget: np.ndarray
+    cost: float
+
+    def merged(self, other: _Turns, t: _Tables) -> tuple[_Turns, int, int] | None:
+        """Both on one partition at the least share where some duty cycle fits, and where."""
+        latency, budget = self.latency + other.latency, np.minimum(self.budget, other.budget)
+        k, s = _least_fit(t, latency, budget)
+        if k is None:
+            return None
+        return _Turns(self.members + other.members, latency, budget, float(t.shares[s])), k, s
+
+
+def _least_fit(t: _Tables, latency: np.ndarray, budget: np.ndarray) -> tuple[int | None, int]:
+    """The least share index where some ``u`` keeps up (``latency <= u``) and fits
+    (``u + latency <= budget``), and the ``u`` index there with the most slack."""
+    u = t.u[:, None]
+    slack = np.where(latency <= u, budget[:, None] - u - latency, -np.inf)
+    fits = np.flatnonzero((slack >= 0).any(axis=0))
+    if not len(fits):
+        return None, -1
+    s = int(fits[0])
+    return int(np.argmax(slack[:, s])), s
+
+
+def _arrays(t: _Tables, g: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A group on one replica at every ``(u, share)``: the latency of the batch a request rides
+    in, the expected busy time, the budget per ``u`` (negative where the batch outgrows the
+    profile), and the expected rows per ``u``."""
+    a = int(np.searchsorted(t.frags, g.fragments[0]))
+    members = np.arange(a, a + len(g.fragments))
+    rows = np.cumsum(t.rates[members])[:, None] * t.u
+    blocks = np.append(members[:-1], members[-1] + t.n)
+    latency = t.lookup(blocks, rows + 1).sum(axis=0) @ t.weights
+    busy = t.lookup(blocks, rows).sum(axis=0) @ t.weights
+    budget = np.where(rows[-1] + 1 <= t.max_batch, g.budget_s, -1.0)
+    return latency, busy, budget, rows[-1]
+
+
+def _time_share(t: _Tables, groups: list[Group], partitioning: Partitioning) -> Plan:
+    """Let single-replica groups take turns on shared partitions where that needs less share
+    (Nexus's squishy bin packing, Shen et al., SOSP 2019, on this planner's model).
+
+    Groups on one partition of share ``s`` run one batch each per common duty cycle ``T`` (one
+    replica each, so ``u = T``). They keep up when the batches a request rides in add up to at
+    most ``T``, and fit when ``T`` plus that sum is within every member's budget: a request may
+    wait a whole cycle and then for every member's batch, whatever order they run in. Greedy:
+    merge the two partitions whose merging saves the most share, until no merge saves any.
+    Groups with several replicas keep their own partitions (they fill them already).
+    """
+    arrays = {i: _arrays(t, g) for i, g in enumerate(groups) if g.replicas == 1}
+    turns = {i: _Turns([i], arrays[i][0], arrays[i][2], groups[i].share) for i in arrays}
+    pairs = {(x, y): turns[x].merged(turns[y], t) for x in turns for y in turns if x < y}
+    placed: dict[int, tuple[int, int]] = {}  # first member -> (u, share) index of its partition
+    fresh = len(groups)                     # keys of merged partitions
+    while True:
+        saving = {k: turns[k[0]].cost + turns[k[1]].cost - m[0].cost for k, m in pairs.items() if m}
+        best = max(saving, key=saving.__getitem__, default=None)
+        if best is None or saving[best] <= 1e-12:
+            break
+        joined, k, s = pairs[best]
+        placed[joined.members[0]] = (k, s)
+        for gone in best:
+            del turns[gone]
+        pairs = {key: m for key, m in pairs.items() if not set(key) & set(best)}
+        pairs.update({(x, fresh): turns[x].merged(joined, t) for x in turns})
+        turns[fresh], fresh = joined, fresh + 1
+    out = list(groups)
+    partitions = [Partition(g.share, (i,)) for i, g in enumerate(groups) if i not in arrays for _ in range(g.replicas)]
+    for turn in turns.values():
+        if len(turn.members) == 1:
+            partitions.append(Partition(turn.cost, (turn.members[0],)))
+            continue
+        k, s = placed[turn.members[0]]
+        for i in turn.members:
+            latency, busy, _, rows = arrays[i]
+            out[i] = replace(groups[i], share=float(t.shares[s]), duty_cycle_s=float(t.u[k]),
+                             busy_s=float(busy[k, s]), latency_s=float(latency[k, s]), rows=float(rows[k]),
+                             extrapolated=bool(t.shares[s] < t.least_measured - 1e-12))
+        partitions.append(Partition(float(t.shares[s]), tuple(sorted(turn.members))))
+    partitions.sort(key=lambda p: p.groups)
+    return Plan(tuple(out), partitioning, tuple(partitions))

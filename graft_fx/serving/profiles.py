@@ -54,7 +54,9 @@ class Piece:
 
     ``flops_share`` is the piece's fraction of the model's FLOPs; ``activation_bytes`` and
     ``row_shape`` describe one row of the tensor that crosses ``start`` (what a phone cutting
-    there uploads).
+    there uploads). For charging device memory (`graft_fx.serving.deployment`): ``weight_bytes``,
+    the parameters and buffers the piece reads, and ``workspace_bytes``, the activation bytes per
+    row that its largest layer reads and writes at once (None where the profile does not say).
     """
 
     start: str
@@ -62,6 +64,8 @@ class Piece:
     flops_share: float
     activation_bytes: int
     row_shape: tuple[int, ...]
+    weight_bytes: int | None = None
+    workspace_bytes: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,7 +183,7 @@ class Profile:
         for i, p in enumerate(self.pieces):
             entry = {"from": p.start, "to": p.end, "flops_share": p.flops_share,
                      "activation_bytes": p.activation_bytes, "row_shape": list(p.row_shape),
-                     "latency_ms": cells(self.latency_s, i)}
+                     **_memory_fields(p), "latency_ms": cells(self.latency_s, i)}
             if self.p99_s is not None:
                 entry["latency_p99_ms"] = cells(np.asarray(self.p99_s), i)
             pieces.append(entry)
@@ -189,6 +193,10 @@ class Profile:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+
+def _memory_fields(p: Piece) -> dict[str, int]:
+    return {k: getattr(p, k) for k in ("weight_bytes", "workspace_bytes") if getattr(p, k) is not None}
 
 
 def _check_share(share: float) -> float:
@@ -297,7 +305,9 @@ def from_json(doc: Any, model: str, source: str | None = None) -> Profile:
     share_keys.sort(key=shares.__getitem__)
     pieces = tuple(Piece(_field(p, "from", str, w), _field(p, "to", str, w),
                          float(_field(p, "flops_share", (int, float), w)), _field(p, "activation_bytes", int, w),
-                         tuple(_field(p, "row_shape", list, w))) for p, w in zip(pieces_doc, where))
+                         tuple(_field(p, "row_shape", list, w)), _field(p, "weight_bytes", (int, type(None)), w, None),
+                         _field(p, "workspace_bytes", (int, type(None)), w, None))
+                   for p, w in zip(pieces_doc, where))
     latency = np.array([_cells(p, "latency_ms", share_keys, batches, w) for p, w in zip(pieces_doc, where)])
     p99 = None
     if all(isinstance(p, Mapping) and "latency_p99_ms" in p for p in pieces_doc):

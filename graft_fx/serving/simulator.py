@@ -29,20 +29,24 @@ on a real GPU, which the profile's per-share measurements include only for one t
 Every batch takes exactly the profile's latency for its mix, so a request is answered on time or
 dropped; a request's end-to-end latency runs from the phone starting the inference to the answer.
 
-**The least share.** A plan is made for the stream's per-type rates scaled by a headroom factor
-``alpha`` and for each type's budget at a quantile ``q`` of its requests' budgets. The planner's
-latency rule is a worst case (a request that arrives just after a batch starts), while the EDF
-queue serves urgent requests first, so planning for the very tightest budgets buys more share
-than the target needs; and the planner sizes expected batches, so the queueing tail may need
-headroom. The planner needs no less share for more load, so the total share grows with
-``alpha``. For each ``q`` in ``quantiles`` (the 1st, 10th and 50th percentiles) we find the least
-``alpha >= 1`` whose simulation answers on time at least ``target`` of the *attainable* requests
-(doubling from 1, then bisecting geometrically); the least total share among those runs is the
-policy's share. ``alpha`` never goes below 1: every plan keeps up with the load it observed. Attainable requests are those whose budget covers
-their fragment's latency alone on the whole accelerator: the network left the rest no time at
-all, every policy loses them alike, and ``slo_attainment`` counts them.
+**The least share.** A plan is made for the per-type rates of the stream's attainable requests
+scaled by a headroom factor ``alpha`` and for each type's budget at a quantile ``q`` of its
+requests' budgets. The planner's latency rule is a worst case (a request that arrives just after
+a batch starts), while the EDF queue serves urgent requests first, so planning for the very
+tightest budgets buys more share than the target needs; and the planner sizes expected batches,
+so the queueing tail may need headroom. Whether a plan's simulation reaches the target need not
+grow with ``alpha`` (partitions are coarse, and time sharing is a greedy packing), so nothing
+bisects on it: every ``q`` in ``quantiles`` (the 1st, 10th and 50th percentiles) and every
+``alpha`` in `ALPHAS` (1 to 64, 9% apart) is planned, and the distinct plans are simulated
+cheapest first until one answers on time at least ``target`` of the *attainable* requests; among
+the plans of that same share, the one with the best attainment wins. ``alpha`` never goes below
+1: every plan keeps up with the load it observed. Attainable requests are those whose budget
+covers their fragment's latency alone on the whole accelerator: the network left the rest no time
+at all, every policy loses them alike, no plan is sized for them, and ``slo_attainment`` counts
+them.
 
-Shares are whole percentages of the accelerator (`SHARE_STEP`), as MPS partitions a GPU.
+Shares are the partitions the accelerator can make (`partitions.Partitioning`: by default green
+contexts of the profile's device, 8-SM steps on an H200), the same for every policy.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .batching import Latency, run_offline
+from .partitions import Partitioning, for_device
 from .planner import Demand, Plan, Replanner, fluid_bound, least_budget, plan
 from .profiles import Profile
 from .requests import Request
@@ -65,9 +70,6 @@ from .workload import Client, ModelCosts, generate
 POLICIES = ("graft", "per-fragment", "full-model", "bound")
 QUANTILES = (0.01, 0.1, 0.5)  # budget quantiles the plans aim at, from the tightest to the median
 MAX_DOUBLINGS = 6  # headroom searched from 1 to 64 times the observed load
-# Shares are planned in whole percentages of an accelerator, as CUDA MPS partitions a GPU
-# (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; green contexts are coarser, 8 of 132 SMs on an H200).
-SHARE_STEP = 0.01
 Progress = Callable[[str], None]  # told the name of each simulation as it finishes
 
 
@@ -83,7 +85,7 @@ class Scenario:
     seed: int = 0
     target: float = 0.99
     quantiles: tuple[float, ...] = QUANTILES
-    share_step: float = SHARE_STEP
+    partitioning: Partitioning | None = None  # default: green contexts of the profile's device
     replan_s: float | None = None  # re-plan every so many seconds on the rates just seen
 
     def __post_init__(self):
@@ -214,10 +216,11 @@ def make_stream(scenario: Scenario, full_model: bool = False) -> Stream:
 
 
 def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.0) -> list[Demand]:
-    """Per fragment type: its rate times ``alpha``, and the ``quantile`` of the budgets of its
-    attainable requests, raised to the least budget the planner can plan for (types with no
-    attainable request are left out: no share can serve them)."""
-    rates = stream.rates()
+    """Per fragment type: the rate of its attainable requests times ``alpha``, and the
+    ``quantile`` of their budgets, raised to the least budget the planner can plan for (types with
+    no attainable request are left out: no share can serve them). Requests that no server could
+    answer in time are not planned for: they would only buy share for drops."""
+    rates = stream.rates(attainable_only=True)
     return [Demand(f, rates[f] * alpha, max(float(np.quantile(b, quantile)), least_budget(profile, f)))
             for f, b in stream.attainable_budgets.items()]
 
@@ -270,12 +273,11 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run
             outcome = run_offline(requests[replica::group.replicas], latency, profile.max_batch)
             for request_id, t in outcome.completed_s().items():
                 finish[request_id] = t
-    end = max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
-    return Run(tuple(epochs), finish, end)
+    return Run(tuple(epochs), finish, _end(stream))
 
 
 def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, realign: bool,
-               share_step: float, replan_s: float | None) -> list[Epoch]:
+               partitioning: Partitioning, replan_s: float | None) -> list[Epoch]:
     """The plans for one (budget quantile, headroom): one for the whole stream, or, every
     ``replan_s`` seconds, what a `Replanner` makes of the rates that arrived in the window
     before (the first window plans on its own rates, as a server would from yesterday's).
@@ -285,9 +287,9 @@ def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, 
     policy.
     """
     if replan_s is None:
-        return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha), realign, share_step))]
+        return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha), realign, partitioning))]
     budgets = {d.fragment: d.budget_s for d in demands(stream, profile, quantile)}
-    replanner = Replanner(profile, budgets, realign=realign, share_step=share_step)
+    replanner = Replanner(profile, budgets, realign=realign, partitioning=partitioning)
     arrivals = np.array([r.arrival_s for r in stream.requests])
     fragments = np.array([r.fragment for r in stream.requests])
     windows = max(1, math.ceil(max(arrivals.max(initial=0.0), stream.duration_s) / replan_s))
@@ -301,57 +303,60 @@ def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, 
     return epochs
 
 
+# Headroom factors the search scans: 1 to 64 times the observed load, about 9% apart.
+ALPHAS = tuple(float(a) for a in np.geomspace(1.0, 2.0 ** MAX_DOUBLINGS, 8 * MAX_DOUBLINGS + 1))
+
+
 def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
-                quantiles: Sequence[float] = QUANTILES, share_step: float = SHARE_STEP,
-                replan_s: float | None = None, steps: int = 4) -> tuple[Run | None, list[Run]]:
+                quantiles: Sequence[float] = QUANTILES, partitioning: Partitioning | None = None,
+                replan_s: float | None = None) -> tuple[Run | None, list[Run]]:
     """The run with the least total share that answers ``target`` of the attainable requests on
-    time, and every run tried: for each budget quantile, the least headroom that reaches the
-    target (see the module docstring)."""
+    time, and every run simulated (see "The least share" in the module docstring).
+
+    Every (budget quantile, headroom) on the grid is planned (plans are cheap); the distinct plans
+    are simulated in order of total share until one reaches the target, and then those of the same
+    share, the tie going to the best attainment. Nothing assumes that success grows with the
+    headroom: a plan is skipped only when one no dearer has already succeeded.
+    """
     need = target * int(stream.attainable.sum())
     runs: list[Run] = []
     if need == 0:
         return None, runs  # the network leaves no request any time: no share can help
-
-    def attempt(q: float, alpha: float) -> Run | None:
-        try:
-            epochs = epochs_for(stream, profile, q, alpha, realign, share_step, replan_s)
-        except GraftError:
-            return None  # more load than the profile can plan for: treat as failing
+    partitioning = partitioning or for_device(profile.device)
+    candidates = _candidates(stream, profile, realign, quantiles, partitioning, replan_s)
+    best, best_on_time = None, -1
+    for share, epochs in candidates:
+        if best is not None and share > best.total_share + 1e-12:
+            break
         run = run_epochs(stream, profile, epochs)
         runs.append(run)
-        return run if int((run.on_time(stream) & stream.attainable).sum()) >= need else None
-
-    best = None
-    for q in quantiles:
-        run, _ = least_alpha(lambda a: attempt(q, a), steps)
-        if run is not None and (best is None or run.total_share < best.total_share):
-            best = run
+        on_time = int((run.on_time(stream) & stream.attainable).sum())
+        if on_time >= need and on_time > best_on_time:
+            best, best_on_time = run, on_time
     return best, runs
 
 
-def least_alpha(attempt: Callable[[float], Run | None], steps: int) -> tuple[Run | None, float]:
-    """The successful run of least headroom ``alpha >= 1``, and that alpha (or the last one
-    tried if none succeeded): double from 1 until a run succeeds, then bisect geometrically.
+def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequence[float],
+                partitioning: Partitioning, replan_s: float | None) -> list[tuple[float, list[Epoch]]]:
+    """The distinct plans (epoch lists) of every (quantile, headroom), by total share; plans the
+    profile cannot make (more load than it can plan for) are left out."""
+    seen, out = set(), []
+    for q in quantiles:
+        for alpha in ALPHAS:
+            try:
+                epochs = epochs_for(stream, profile, q, alpha, realign, partitioning, replan_s)
+            except GraftError:
+                break  # more load than the profile can plan for, and more headroom only adds load
+            key = tuple((e.start_s, e.plan) for e in epochs)
+            if key not in seen:
+                seen.add(key)
+                out.append((Run(tuple(epochs), np.zeros(0), _end(stream)).total_share, epochs))
+    out.sort(key=lambda c: c[0])
+    return out
 
-    Plans never provision for less than the observed load: in a finite run, a server that falls
-    behind can still answer on time while its budgets absorb the backlog, which would let the
-    search undercut a rate the server could never sustain.
-    """
-    alpha, fail = 1.0, None
-    best = attempt(alpha)
-    while best is None and alpha < 2 ** MAX_DOUBLINGS:
-        fail, alpha = alpha, alpha * 2
-        best = attempt(alpha)
-    if best is None or fail is None:
-        return best, alpha
-    for _ in range(steps):
-        mid = math.sqrt(alpha * fail)
-        run = attempt(mid)
-        if run is not None:
-            alpha, best = mid, run
-        else:
-            fail = mid
-    return best, alpha
+
+def _end(stream: Stream) -> float:
+    return max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
 
 
 def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> PolicyResult:
@@ -389,7 +394,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
-                                     scenario.quantiles, scenario.share_step, scenario.replan_s)
+                                     scenario.quantiles, scenario.partitioning, scenario.replan_s)
             results.append(result(name, policy_stream, best, runs))
         if progress:
             progress(name)

@@ -4,6 +4,7 @@ resnet50 profile strictly less), the fluid bound stays below every plan, errors,
 """
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from graft_fx import GraftError
+from graft_fx.serving import partitions
 from graft_fx.serving import profiles as P
-from graft_fx.serving.planner import Demand, Group, Plan, Replanner, _share_weights, fluid_bound, plan
+from graft_fx.serving.planner import Demand, Group, Partition, Plan, Replanner, _share_weights, fluid_bound, plan
 from graft_fx.serving.profiles import Piece, Profile
 
 TOL = 1e-9
@@ -35,7 +37,7 @@ def least(profile, f):
     return profile.fragment_s(f, 1, 1.0)
 
 
-def check(profile, demands, p, step=0.01):
+def check(profile, demands, p):
     """Every group, recomputed from ``profile``, keeps up, fits its budget and stays within the
     measured batches; every demanded type is in exactly one group."""
     by_fragment = {d.fragment: d for d in demands}
@@ -44,7 +46,8 @@ def check(profile, demands, p, step=0.01):
     for g in p.groups:
         assert list(g.fragments) == sorted(g.fragments)
         assert 0 < g.share <= 1 and g.replicas >= 1
-        assert abs(g.share / step - round(g.share / step)) < 1e-6
+        assert any(abs(g.share - s) < 1e-12 for s in p.partitioning.shares)  # a partition it can make
+        assert g.extrapolated == (g.share < profile.shares[0] - 1e-12)
         assert g.budget_s == min(by_fragment[f].budget_s for f in g.fragments)
         rate = np.zeros(len(profile.pieces))
         for f in g.fragments:
@@ -60,7 +63,23 @@ def check(profile, demands, p, step=0.01):
         assert busy == pytest.approx(g.busy_s, rel=1e-9)
         assert busy <= latency <= g.duty_cycle_s * (1 + TOL)
         assert g.duty_cycle_s + latency <= g.budget_s * (1 + TOL)
-    assert p.total_share == pytest.approx(sum(g.share * g.replicas for g in p.groups))
+    check_partitions(p)
+
+
+def check_partitions(p):
+    """Every replica of every group has one partition of its share; groups that take turns on one
+    partition share a duty cycle that holds all their batches and fits every member's budget."""
+    seats = Counter(i for part in p.partitions for i in part.groups)
+    assert seats == Counter({i: g.replicas for i, g in enumerate(p.groups)})
+    for part in p.partitions:
+        members = [p.groups[i] for i in part.groups]
+        assert all(g.share == part.share for g in members)
+        if len(members) > 1:
+            cycle, turns = members[0].duty_cycle_s, sum(g.latency_s for g in members)
+            assert all(g.replicas == 1 and g.duty_cycle_s == cycle for g in members)
+            assert turns <= cycle * (1 + TOL)
+            assert all(cycle + turns <= g.budget_s * (1 + TOL) for g in members)
+    assert p.total_share == pytest.approx(sum(part.share for part in p.partitions))
 
 
 # Random profiles and demands.
@@ -184,7 +203,7 @@ def test_a_lone_type_at_a_low_rate_gets_a_small_share_and_one_replica():
 def test_a_rate_beyond_one_accelerator_gets_replicas():
     rate = 3 / FOUR.pieces_s(np.full(4, 16.0), 1.0).sum() * 16  # three accelerators' worth at batch 16
     (g,) = plan(FOUR, [Demand(0, rate, 0.05)]).groups
-    assert g.total_share > 1 and g.replicas > 1
+    assert g.share * g.replicas > 1 and g.replicas > 1
 
 
 def test_empty_demands_give_an_empty_plan():
@@ -198,9 +217,11 @@ def test_plan_prints_a_table():
     assert text.splitlines()[-1] == f"total share {p.total_share:.2f}"
 
 
-def test_group_total_share():
+def test_a_plan_gives_each_replica_a_partition_unless_told_otherwise():
     g = Group((1, 2), 0.25, 3, 0.01, 0.004, 0.005, 0.02, 4.0)
-    assert g.total_share == 0.75 and Plan((g,)).total_share == 0.75
+    assert Plan((g,)).total_share == 0.75 and len(Plan((g,)).partitions) == 3
+    h = Group((3,), 0.25, 1, 0.01, 0.001, 0.002, 0.02, 1.0)
+    assert Plan((g, h), partitions=(Partition(0.5, (0,)),) * 3 + (Partition(0.25, (1,)),)).total_share == 1.75
 
 
 # Errors.
@@ -232,8 +253,8 @@ def test_repeated_fragments_and_bad_share_steps_are_refused():
     with pytest.raises(GraftError, match=r"several demands for fragments \[3\]"):
         plan(RESNET, [Demand(3, 1.0, 0.01), Demand(3, 2.0, 0.02)])
     for step in (0.0, 1.5):
-        with pytest.raises(GraftError, match="share_step"):
-            plan(RESNET, [Demand(3, 1.0, 0.01)], share_step=step)
+        with pytest.raises(GraftError, match="share step"):
+            plan(RESNET, [Demand(3, 1.0, 0.01)], partitioning=partitions.steps(step))
     with pytest.raises(GraftError, match="expected a fragment index"):
         fluid_bound(RESNET, {12: 1.0})
 
@@ -289,3 +310,29 @@ def test_the_replanner_needs_a_budget_for_every_type_it_sees():
         r.observe({0: 10.0, 5: 10.0})
     with pytest.raises(GraftError, match="tolerance"):
         Replanner(RESNET, {}, tolerance=-0.1)
+
+
+@pytest.mark.parametrize("realign", [True, False])
+def test_time_sharing_puts_light_groups_on_one_partition_and_never_costs_more(realign):
+    """Four light types on 8-SM green contexts: alone each fills a partition; taking turns, they
+    share some, and every shared partition still holds their batches within their budgets (with
+    re-alignment they form one group, which needs no turns)."""
+    demands = [Demand(f, 20.0, 0.2) for f in (0, 3, 6, 9)]
+    alone = plan(RESNET, demands, realign)
+    shared = plan(RESNET, demands, realign, time_sharing=True)
+    check(RESNET, demands, shared)
+    assert shared.total_share <= alone.total_share
+    if not realign:
+        assert any(len(p.groups) > 1 for p in shared.partitions)
+        assert shared.total_share < alone.total_share
+
+
+@given(st.lists(st.tuples(st.integers(0, 10), st.floats(0.5, 400.0), st.floats(0.03, 0.5)), min_size=1,
+                max_size=6, unique_by=lambda d: d[0]))
+def test_time_shared_plans_meet_their_budgets_and_realign_never_costs_more(raw):
+    demands = [Demand(f, r, b) for f, r, b in raw]
+    together = plan(RESNET, demands, time_sharing=True)
+    apart = plan(RESNET, demands, realign=False, time_sharing=True)
+    check(RESNET, demands, together)
+    check(RESNET, demands, apart)
+    assert together.total_share <= apart.total_share + 1e-12

@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from graft_fx import GraftError
-from graft_fx.serving import bundled, profiles, zoo
+from graft_fx.serving import bundled, partitions, profiles, zoo
 from graft_fx.serving.planner import Group, Plan
 from graft_fx.serving.requests import Request
 from graft_fx.serving.simulator import (
-    Epoch, Scenario, demands, epochs_for, fragment_cuts, group_latency, least_alpha, least_share,
+    QUANTILES, Epoch, Scenario, _candidates, demands, epochs_for, fragment_cuts, group_latency, least_share,
     make_stream, run_epochs, run_plan, simulate,
 )
 from graft_fx.serving.workload import DEVICES, make_clients, model_costs
@@ -121,21 +121,20 @@ def test_bad_scenarios_raise():
         fragment_cuts(resnet50()[0], model_costs(model, example))
 
 
-def test_the_headroom_search_doubles_from_one_then_bisects_to_the_threshold():
-    tried = []
-
-    def attempt(alpha):
-        tried.append(alpha)
-        return ("run", alpha) if alpha >= 3.0 else None
-
-    run, alpha = least_alpha(attempt, steps=4)
-    assert run == ("run", alpha) and 3.0 <= alpha <= 3.0 * 2 ** (1 / 16) + 1e-9
-    assert tried[:3] == [1.0, 2.0, 4.0] and min(tried) == 1.0 and len(tried) == 3 + 4
-
-
-def test_the_headroom_search_stops_at_one_and_gives_up_at_sixty_four():
-    assert least_alpha(lambda a: ("run", a), steps=3) == (("run", 1.0), 1.0)
-    assert least_alpha(lambda a: None, steps=3) == (None, 64.0)
+def test_the_search_finds_the_cheapest_plan_that_reaches_the_target_without_assuming_monotone():
+    """Brute force: simulate every candidate plan; the search's pick is the least share among
+    those that reach the target, with the best attainment among plans of that share."""
+    sc = scenario()
+    stream = make_stream(sc)
+    best, runs = least_share(stream, sc.profile, True, 0.99)
+    need = 0.99 * stream.attainable.sum()
+    every = [run_epochs(stream, sc.profile, e) for _, e in _candidates(stream, sc.profile, True, QUANTILES,
+                                                                       partitions.for_device(sc.profile.device), None)]
+    on_time = [int((r.on_time(stream) & stream.attainable).sum()) for r in every]
+    reached = [(r.total_share, -n) for r, n in zip(every, on_time) if n >= need]
+    assert best is not None and reached
+    assert (best.total_share, -int((best.on_time(stream) & stream.attainable).sum())) == min(reached)
+    assert len(runs) <= len(every)
 
 
 def test_each_request_is_served_by_the_plan_in_force_when_it_arrives():
@@ -153,11 +152,11 @@ def test_each_request_is_served_by_the_plan_in_force_when_it_arrives():
 def test_replanning_follows_the_windows_and_keeps_every_type_planned():
     sc = scenario()
     stream = make_stream(sc)
-    epochs = epochs_for(stream, sc.profile, 0.01, 1.0, True, 0.01, replan_s=2.0)
+    epochs = epochs_for(stream, sc.profile, 0.01, 1.0, True, partitions.steps(0.01), replan_s=2.0)
     assert epochs[0].start_s == 0.0 and all(e.start_s % 2.0 == 0 for e in epochs)
     assert all(a.start_s < b.start_s for a, b in zip(epochs, epochs[1:]))
     planned = {d.fragment for d in demands(stream, sc.profile, 0.01)}
     assert all({f for g in e.plan.groups for f in g.fragments} == planned for e in epochs)
-    assert epochs_for(stream, sc.profile, 0.01, 1.0, True, 0.01, None)[0].plan.total_share > 0
+    assert epochs_for(stream, sc.profile, 0.01, 1.0, True, partitions.steps(0.01), None)[0].plan.total_share > 0
     replanned = {r.name: r for r in simulate(replace(sc, replan_s=2.0), ["graft", "per-fragment"])}
     assert all(r.share is not None and r.share > 0 for r in replanned.values())
