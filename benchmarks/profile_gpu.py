@@ -25,6 +25,7 @@ import torch
 
 from graft_fx.serving import zoo
 from graft_fx.serving.measure import document, measure
+from graft_fx.serving.profiles import PRECISIONS
 
 
 def main() -> None:
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--precision", default="default", choices=sorted(PRECISIONS),
+                   help="default: float32 with TF32 convolutions and FP32 matmuls, PyTorch's defaults")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -47,7 +50,7 @@ def main() -> None:
         model, example = zoo.build(name)
         profiles.append(measure(model, example, name, pieces=args.pieces, batches=batches,
                                 device=args.device, reps=args.reps, warmup=args.warmup,
-                                sms=sms if on_gpu else None))
+                                sms=sms if on_gpu else None, precision=args.precision))
         sides[name] = {"input_side": example.shape[-1]}
         print(f"{name}: {len(profiles[-1].pieces)} pieces in {time.time() - started:.1f} s", flush=True)
         if on_gpu:

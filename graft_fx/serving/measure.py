@@ -12,6 +12,14 @@ the profile and its reason kept in ``meta["share_errors"]``. On a CPU runs are t
 ``time.perf_counter`` and the only share is the whole machine (its threads as
 ``torch.get_num_threads`` says).
 
+**Precision** is part of what is measured, and a profile records it (``meta["precision"]``,
+`profiles.PRECISIONS`): ``default`` is float32 as PyTorch runs it out of the box (cuDNN convolutions on TF32
+tensor cores, ``torch.backends.cudnn.allow_tf32``; matrix products in full FP32,
+``torch.backends.cuda.matmul.allow_tf32`` off); ``tf32`` puts matrix products on TF32 too;
+``fp32`` turns TF32 off everywhere; ``bf16`` casts the pieces and their inputs to bfloat16.
+The precision only changes kernels on GPUs with TF32/bf16 units (Ampere and later); on a CPU
+``tf32`` is the same as ``fp32``.
+
 `document` writes several profiles into one JSON file in the format of
 `graft_fx.serving.profiles` (shares keyed by SM count, as the shipped H200 file is), which is what
 ``benchmarks/profile_gpu.py`` does.
@@ -19,6 +27,7 @@ the profile and its reason kept in ``meta["share_errors"]``. On a CPU runs are t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -33,7 +42,15 @@ import torch
 
 from ..errors import GraftError
 from .pieces import select
-from .profiles import Profile
+from .profiles import PRECISIONS, Profile, memory_fields
+
+# precision (`profiles.PRECISIONS`) -> (cudnn.allow_tf32, cuda.matmul.allow_tf32, dtype to cast to)
+_SWITCHES = {
+    "default": (True, False, None),
+    "tf32": (True, True, None),
+    "fp32": (False, False, None),
+    "bf16": (True, False, torch.bfloat16),
+}
 
 Progress = Any
 """A callable taking the number of steps just done, or a tqdm-like object (with ``update(n)``)."""
@@ -114,17 +131,18 @@ def _advance(progress: Progress | None, n: int) -> None:
 def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
             batches: Sequence[int] = (1, 2, 4, 8, 16), device: str | torch.device = "cpu",
             reps: int = 10, warmup: int = 3, sms: Sequence[int] | None = None,
-            progress: Progress | None = None) -> Profile:
+            precision: str = "default", progress: Progress | None = None) -> Profile:
     """A measured `Profile` of ``model`` (``example``: an input with a batch dim 0, any size).
 
     ``sms``: SM counts to time at on a GPU (0 or the device's count: the whole device; default:
-    the whole device only); not on a CPU. ``progress`` receives one step per timed (piece, share,
+    the whole device only); not on a CPU. ``precision`` is one of `profiles.PRECISIONS` (see the module
+    docstring). ``progress`` receives one step per timed (piece, share,
     batch) cell: it is called with the number of steps done, or, if it has an ``update`` method
     (a tqdm bar), that is called. If it has a ``total`` attribute, ``measure`` adds its own
     number of steps to it once the pieces are known, so one bar can follow several models.
 
     The model is left where it is: on another device the pieces run on a copy. ``meta`` holds
-    ``torch``, ``dtype``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
+    ``torch``, ``dtype``, ``precision``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
     device's SMs and those of each share, 0 for the whole device; None on a CPU),
     ``raw_latency_s`` (the medians before the profile made them monotone) and, where a share
     could not be made, ``share_errors``.
@@ -134,11 +152,14 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         device = torch.device("cuda", torch.cuda.current_device())
     if reps < 1 or warmup < 0:
         raise GraftError(f"reps={reps}, warmup={warmup}: expected reps >= 1 and warmup >= 0")
+    if precision not in PRECISIONS:
+        raise GraftError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     batches = sorted({int(b) for b in batches})
     sel = select(model, example, pieces)
     modules = sel.modules()
-    if any(t.device != device for m in modules for t in (*m.parameters(), *m.buffers())):
-        modules = [copy.deepcopy(m).to(device) for m in modules]
+    cast = _SWITCHES[precision][2]
+    if cast is not None or any(t.device != device for m in modules for t in (*m.parameters(), *m.buffers())):
+        modules = [copy.deepcopy(m).to(device, cast) for m in modules]
     if device.type == "cuda":
         total_sms = torch.cuda.get_device_properties(device).multi_processor_count
         counts = sorted({total_sms if s in (0, None) else int(s) for s in (sms or [0])})
@@ -157,7 +178,9 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
     latency, p99, kept, errors = [], [], [], {}
     for count in counts:
         try:
-            cells = _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, progress)
+            with _precision(precision):
+                cells = _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup,
+                                    cast, progress)
         except Exception as e:  # noqa: BLE001 - a share that cannot be made is data too
             if count is None or count == total_sms:
                 raise
@@ -169,7 +192,8 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
     if not kept:
         raise GraftError(f"no share could be measured: {errors}")
     shares = [1.0 if c is None else c / total_sms for c in kept]
-    meta = {"torch": torch.__version__, "dtype": str(sel.row_dtype(0)).replace("torch.", ""),
+    meta = {"torch": torch.__version__, "dtype": str(cast or sel.row_dtype(0)).replace("torch.", ""),
+            "precision": f"{precision}: {PRECISIONS[precision]}",
             "timing": (f"median and p99 of {reps} after {warmup} warm-up, "
                        + ("CUDA events" if device.type == "cuda" else
                           f"perf_counter, {torch.get_num_threads()} threads")),
@@ -186,13 +210,26 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
     return dataclasses.replace(profile, p99_s=np.maximum(tail, profile.latency_s))
 
 
-def _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, progress):
+@contextlib.contextmanager
+def _precision(precision: str):
+    """PyTorch's TF32 switches set for ``precision``, restored afterwards."""
+    cudnn, matmul, _ = _SWITCHES[precision]
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, cast, progress):
     """``(median[piece][batch], p99[piece][batch])`` on ``count`` SMs (None: the whole device)."""
     med, tail = [], []
     share = _SMs(0 if count in (None, total_sms) else count, device)
     with share, torch.inference_mode():
         for i, module in enumerate(modules):
             shape, dtype = sel.pieces[i].row_shape, sel.row_dtype(i)
+            dtype = cast if cast is not None and dtype.is_floating_point else dtype
             row_m, row_t = [], []
             for b in batches:
                 x = _rows(b, shape, dtype, device)
@@ -236,7 +273,8 @@ def document(profiles: Sequence[Profile], **extra: Any) -> dict[str, Any]:
         pieces = []
         for i, piece in enumerate(p.pieces):
             entry = {"from": piece.start, "to": piece.end, "flops_share": piece.flops_share,
-                     "activation_bytes": piece.activation_bytes, "row_shape": list(piece.row_shape)}
+                     "activation_bytes": piece.activation_bytes, "row_shape": list(piece.row_shape),
+                     **memory_fields(piece)}
             raw = p.meta.get("raw_latency_s")
             median = p.latency_s if raw is None else np.asarray(raw)
             for field, table in (("latency_ms", median), ("latency_p99_ms", p.p99_s)):
@@ -247,5 +285,5 @@ def document(profiles: Sequence[Profile], **extra: Any) -> dict[str, Any]:
         models[p.model] = {**models_extra.get(p.model, {}), "pieces": pieces}
     meta = first.meta
     return {"device": first.device, "sm_count": sm_count, "source": first.source,
-            **{k: meta[k] for k in ("torch", "dtype", "timing") if k in meta},
+            **{k: meta[k] for k in ("torch", "dtype", "precision", "timing") if k in meta},
             "batches": batches, **extra, "models": models, "share_errors": errors}

@@ -174,7 +174,8 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
          partitioning: Partitioning | None = None, time_sharing: bool = False) -> Plan:
     """The least-share plan for ``demands`` on ``profile``; see the module docstring.
 
-    ``realign=False`` gives every type its own instance (the per-fragment baseline).
+    ``realign=False`` gives every type its own instance (the per-fragment baseline). Groups are
+    sized on the profile's p99 service times where it has them (`Profile.planning`).
     ``partitioning`` lists the shares a plan may use; by default, green contexts of the profile's
     device (`partitions.for_device`). ``time_sharing`` lets single-replica groups take turns on
     one partition where that needs less share (`_time_share`). With ``realign`` the plan is the
@@ -187,6 +188,7 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
     partitioning = partitioning or for_device(profile.device)
     if not demands:
         return Plan((), partitioning)
+    profile = profile.planning
     t = _Tables(profile, partitioning.grid, demands)
     singles = [_runs(t, a, a + 1) for a in range(t.n)]
     for d, single in zip(demands, singles):
@@ -314,7 +316,7 @@ def least_budget(profile: Profile, fragment: int) -> float:
     """The least budget a type can be planned for, with room to spare: twice its latency alone
     on one row of a whole accelerator (a request may wait as long again for its batch to start),
     one step of the duty-cycle grid more."""
-    return 2 * _U_RATIO * profile.fragment_s(fragment, 1, 1.0)
+    return 2 * _U_RATIO * profile.planning.fragment_s(fragment, 1, 1.0)
 
 
 def _unservable(profile: Profile, d: Demand) -> GraftError:

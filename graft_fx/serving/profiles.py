@@ -36,6 +36,7 @@ JSON (one file may hold several models; ``sm_count`` set means shares are keyed 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import GraftError
+
+# How a profile's kernels compute (its ``meta["precision"]`` is "name: description").
+PRECISIONS = {
+    "default": "float32, TF32 convolutions and FP32 matrix products (PyTorch's defaults)",
+    "tf32": "float32 with TF32 convolutions and matrix products",
+    "fp32": "float32 without TF32",
+    "bf16": "bfloat16 weights and activations",
+}
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,17 @@ class Profile:
 
     @property
     def label(self) -> str:
-        """What the figures come from, for reports: the device, and how they were obtained."""
-        return f"{self.device}: {self.source}"
+        """What the figures come from, for reports: the device, how they were obtained, and at
+        which precision (`measure.PRECISIONS`)."""
+        return f"{self.device}: {self.source}; {self.meta.get('precision', 'precision not recorded')}"
+
+    @functools.cached_property
+    def planning(self) -> Profile:
+        """The profile a planner sizes with: the p99 service times where they were measured
+        (a plan then holds for all but the slowest 1% of batches), else this one."""
+        if self.p99_s is None:
+            return self
+        return dataclasses.replace(self, latency_s=self.p99_s, p99_s=None, source=f"{self.source}, p99")
 
     @property
     def max_batch(self) -> int:
@@ -183,7 +201,7 @@ class Profile:
         for i, p in enumerate(self.pieces):
             entry = {"from": p.start, "to": p.end, "flops_share": p.flops_share,
                      "activation_bytes": p.activation_bytes, "row_shape": list(p.row_shape),
-                     **_memory_fields(p), "latency_ms": cells(self.latency_s, i)}
+                     **memory_fields(p), "latency_ms": cells(self.latency_s, i)}
             if self.p99_s is not None:
                 entry["latency_p99_ms"] = cells(np.asarray(self.p99_s), i)
             pieces.append(entry)
@@ -195,7 +213,8 @@ class Profile:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
 
-def _memory_fields(p: Piece) -> dict[str, int]:
+def memory_fields(p: Piece) -> dict[str, int]:
+    """A piece's memory figures as JSON fields (those it has)."""
     return {k: getattr(p, k) for k in ("weight_bytes", "workspace_bytes") if getattr(p, k) is not None}
 
 
@@ -312,7 +331,7 @@ def from_json(doc: Any, model: str, source: str | None = None) -> Profile:
     p99 = None
     if all(isinstance(p, Mapping) and "latency_p99_ms" in p for p in pieces_doc):
         p99 = np.array([_cells(p, "latency_p99_ms", share_keys, batches, w) for p, w in zip(pieces_doc, where)])
-    meta = {k: doc[k] for k in ("torch", "dtype", "timing") if k in doc}
+    meta = {k: doc[k] for k in ("torch", "dtype", "precision", "timing") if k in doc}
     return Profile(model, str(doc.get("device", "unknown device")), source or str(doc.get("source", "loaded")),
                    pieces, np.array([shares[k] for k in share_keys]), np.array(batches), latency, p99, meta)
 

@@ -77,7 +77,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .pieces import LayerCost, select
-from .profiles import Piece, Profile
+from .profiles import PRECISIONS, Piece, Profile
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,7 @@ def profile_from_costs(name: str, pieces: Sequence[Piece], costs: Sequence[Seque
     s = acc.default_shares() if shares is None else np.array(sorted(set(float(x) for x in shares)))
     b = np.array(sorted(set(int(x) for x in batches)))
     meta = {"model": "roofline", "accelerator": _as_dict(acc), "dtype": "float32",
+            "precision": f"default: {PRECISIONS['default']}",
             "timing": "modelled: roofline per layer with eager launch costs"}
     return Profile(name, acc.description, f"modelled (roofline, {acc.name.upper()} preset)",
                    tuple(pieces), s, b, latency_table(costs, acc, s, b), None, meta)

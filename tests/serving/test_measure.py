@@ -94,3 +94,25 @@ def test_a_gpu_document_is_keyed_by_sm_count_with_zero_for_the_whole_device():
 
 def test_device_names():
     assert device_name("cpu").startswith("CPU (") and f"{torch.get_num_threads()} threads" in device_name("cpu")
+
+
+def test_precision_is_measured_and_recorded(measured):
+    p, _ = measured
+    assert p.meta["precision"].startswith("default: ") and p.meta["precision"] in p.label
+    bf16 = measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0, precision="bf16")
+    assert bf16.meta["dtype"] == "bfloat16" and bf16.meta["precision"].startswith("bf16: ")
+    assert next(net().parameters()).dtype == torch.float32  # the user's model is left as it was
+    doc = document([bf16])
+    assert doc["precision"] == bf16.meta["precision"]
+    assert profiles.from_json(doc, "tiny").meta["precision"] == bf16.meta["precision"]
+    with pytest.raises(GraftError, match="precision 'fp8'"):
+        measure(net(), EXAMPLE, "tiny", precision="fp8")
+
+
+def test_measured_pieces_carry_their_memory_figures(measured):
+    p, _ = measured
+    weights = sum(t.numel() * 4 for t in net().parameters())
+    assert sum(piece.weight_bytes for piece in p.pieces) == weights
+    assert all(piece.workspace_bytes > 0 for piece in p.pieces)
+    loaded = profiles.from_json(document([p]), "tiny")
+    assert [x.weight_bytes for x in loaded.pieces] == [x.weight_bytes for x in p.pieces]

@@ -1,5 +1,6 @@
 """Latency profiles: the shipped H200 data, interpolation, monotone cleaning, JSON round trips."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from graft_fx import GraftError
 from graft_fx.serving import profiles
+from graft_fx.serving import profiles as P
 from graft_fx.serving.profiles import Piece, Profile
 
 MODELS = ["resnet50", "vgg16", "mobilenet_v2", "inception_v3", "vit_b_16"]
@@ -165,3 +167,11 @@ def test_a_malformed_profile_gets_one_line_naming_the_file_and_field(tmp_path, h
         profiles.load(path, "toy")
     assert str(e.value).startswith(f"latency profile {path}: ") and field in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_planning_uses_p99_service_times_where_measured():
+    base = P.load(P.shipped()["h200"], "resnet50")
+    assert base.planning is base and "TF32 convolutions" in base.label
+    slower = dataclasses.replace(base, p99_s=base.latency_s * 1.5)
+    assert np.allclose(slower.planning.latency_s, base.latency_s * 1.5)
+    assert slower.planning.fragment_s(0, 1, 1.0) == pytest.approx(1.5 * base.fragment_s(0, 1, 1.0))
