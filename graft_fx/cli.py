@@ -2,8 +2,9 @@
 
     graft simulate [--model resnet50] [--trace lte-verizon-up] [--slo-ms ...] [--json PATH] [--plot PATH]
 
-``simulate`` sizes a deployment: phones of every device class on one network trace send requests
-for one model, each cutting it where a Neurosurgeon-style client would, and every serving policy
+``simulate`` sizes a deployment: phones of many speeds on one network trace send requests for one
+model, each cutting it where a Neurosurgeon-style client would and uploading what a phone app would
+(a JPEG of the input image, or the activation in half precision), and every serving policy
 (`graft_fx.serving.simulator`) serves the same request stream on the same latency profile. It
 prints, per policy, the least GPU share that answers 99% of the attainable requests on time, with
 SLO attainment, goodput, latency percentiles and drops.
@@ -26,7 +27,8 @@ from typing import Callable
 from .errors import GraftError
 
 DEFAULTS = {"model": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
-            "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0}
+            "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0, "cv": 1.0,
+            "upload": "fp16", "jpeg_quality": 90, "devices": "fitted"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _number(kind: type, least: float, strict: bool, what: str) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` above ``least`` (or at least ``least``), else an error
-    that argparse reports with the flag's name."""
+def _number(kind: type, least: float, strict: bool, what: str, most: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` above ``least`` (or at least ``least``) and at most
+    ``most``, else an error that argparse reports with the flag's name."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < least or strict and value == least:
+        if not math.isfinite(value) or value < least or strict and value == least or value > most:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
@@ -55,6 +57,7 @@ def _number(kind: type, least: float, strict: bool, what: str) -> Callable[[str]
 POSITIVE = _number(float, 0, True, "a positive finite number")
 COUNT = _number(int, 1, False, "a whole number of at least 1")
 SEED = _number(int, 0, False, "a whole number of at least 0")
+QUALITY = _number(int, 1, False, "a whole number from 1 to 100", most=100)
 
 
 def _policies(text: str) -> list[str]:
@@ -97,6 +100,7 @@ def _output(text: str) -> Path:
 def parser() -> argparse.ArgumentParser:
     from .serving.simulator import POLICIES
     from .serving.traces import bundled_names
+    from .serving.uploads import BYTES_PER_ELEMENT
     from .serving.zoo import BENCHMARK_MODELS
 
     p = argparse.ArgumentParser(prog="graft", description="DNN re-alignment for split inference.")
@@ -115,7 +119,19 @@ def parser() -> argparse.ArgumentParser:
                    help="end-to-end latency SLO per inference (default: %(default)s)")
     s.add_argument("--clients", type=COUNT, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
     s.add_argument("--rate", type=POSITIVE, default=DEFAULTS["rate_per_s"],
-                   help="inferences per second per phone, Poisson (default: %(default)s)")
+                   help="inferences per second per phone (default: %(default)s)")
+    s.add_argument("--cv", type=POSITIVE, default=DEFAULTS["cv"],
+                   help="coefficient of variation of a phone's gaps between inferences (Gamma gaps): "
+                        "1 is Poisson, above 1 bursty, below 1 regular (default: %(default)s)")
+    s.add_argument("--upload", choices=list(BYTES_PER_ELEMENT), default=DEFAULTS["upload"],
+                   help="how phones send an activation: 4, 2 or 1 byte per element, int8 adding a per-tensor "
+                        "scale and zero point (default: %(default)s; the library's default is fp32)")
+    s.add_argument("--jpeg-quality", type=QUALITY, default=DEFAULTS["jpeg_quality"],
+                   help="quality of the JPEG a phone sends when it uploads the input image, 1 to 100 "
+                        "(default: %(default)s, about 16 kB at 224x224; the library's default sends it as a tensor)")
+    s.add_argument("--devices", choices=["fitted", "presets"], default=DEFAULTS["devices"],
+                   help="fitted: each phone's speed drawn from a log-normal fitted to public phone benchmarks; "
+                        "presets: the four device classes in turn (default: %(default)s)")
     s.add_argument("--duration-s", type=POSITIVE, default=DEFAULTS["duration_s"],
                    help="seconds of sending to simulate (default: %(default)s)")
     s.add_argument("--policies", type=_policies, default=list(POLICIES),
@@ -136,9 +152,11 @@ def simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .serving import report, zoo
+    from .serving.devices import DEVICES, PHONE_SPEEDS
     from .serving.resolve import profile_for, trace_for
     from .serving.simulator import Scenario, simulate as run
-    from .serving.workload import DEVICES, make_clients, model_costs
+    from .serving.uploads import Upload
+    from .serving.workload import make_clients, model_costs
 
     policies = args.policies
     trace = trace_for(args.trace, args.trace_format)
@@ -146,15 +164,17 @@ def simulate(args: argparse.Namespace) -> int:
     with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
               disable=args.profile != "cpu") as bar:
         profile = profile_for(args.profile, args.model, model, example, progress=bar)
-    costs = model_costs(model, example)
-    clients = make_clients(args.clients, DEVICES.values(), [trace], args.rate, args.slo_ms / 1e3, seed=args.seed)
+    costs = model_costs(model, example, Upload(args.upload, args.jpeg_quality))
+    devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
+    clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=args.seed)
     scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed, replan_s=args.replan_s)
     with tqdm(desc="simulating", total=len(policies), unit="policy", file=sys.stderr) as bar:
         results = run(scenario, policies, progress=lambda name: bar.update())
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
               "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "seed": args.seed, "replan_s": args.replan_s}
+              "device": profile.device, "seed": args.seed, "replan_s": args.replan_s, "cv": args.cv,
+              "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices}
     print(report.table(config, results))
     if args.json:
         args.json.write_text(json.dumps(report.to_json(config, results), indent=1))

@@ -22,6 +22,8 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
         assert policy in printed
     doc = json.loads(out_json.read_text())
     assert doc["config"]["model"] == "resnet50" and doc["config"]["trace"] == "lte-verizon-up"
+    assert {k: doc["config"][k] for k in ("cv", "upload", "jpeg_quality", "devices")} == {
+        "cv": 1.0, "upload": "fp16", "jpeg_quality": 90, "devices": "fitted"}
     assert [p["name"] for p in doc["policies"]] == ["graft", "per-fragment", "full-model", "bound"]
     for p in doc["policies"]:
         assert set(p) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms",
@@ -38,12 +40,14 @@ def test_simulate_takes_a_profile_file_a_trace_file_and_chosen_policies(tmp_path
     out = tmp_path / "r.json"
     argv = [*SMALL, "--model", "mobilenet_v2", "--profile", str(path), "--trace", str(trace),
             "--trace-format", "pensieve", "--policies", "graft,bound", "--slo-ms", "800", "--replan-s", "2",
-            "--json", str(out)]
+            "--cv", "2.5", "--upload", "int8", "--jpeg-quality", "75", "--devices", "presets", "--json", str(out)]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert [p["name"] for p in doc["policies"]] == ["graft", "bound"]
     assert "mine.json" in doc["config"]["profile"] and doc["config"]["slo_ms"] == 800
     assert doc["config"]["replan_s"] == 2
+    assert {k: doc["config"][k] for k in ("cv", "upload", "jpeg_quality", "devices")} == {
+        "cv": 2.5, "upload": "int8", "jpeg_quality": 75, "devices": "presets"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -67,6 +71,13 @@ def test_bad_arguments_name_what_is_wrong(argv, message, capsys):
     (["--clients", "0"], "--clients: expected a whole number of at least 1, got '0'"),
     (["--clients", "2.5"], "--clients: expected a whole number of at least 1"),
     (["--seed", "-1"], "--seed: expected a whole number of at least 0"),
+    (["--cv", "0"], "--cv: expected a positive finite number, got '0'"),
+    (["--cv", "nan"], "--cv: expected a positive finite number"),
+    (["--upload", "bf16"], "argument --upload: invalid choice: 'bf16'"),
+    (["--jpeg-quality", "0"], "--jpeg-quality: expected a whole number from 1 to 100, got '0'"),
+    (["--jpeg-quality", "101"], "--jpeg-quality: expected a whole number from 1 to 100, got '101'"),
+    (["--jpeg-quality", "90.5"], "--jpeg-quality: expected a whole number from 1 to 100"),
+    (["--devices", "phones"], "argument --devices: invalid choice: 'phones'"),
     (["--json", "/no/such/folder/r.json"], "--json: cannot write '/no/such/folder/r.json'"),
     (["--plot", "."], "--plot: cannot write '.'"),
 ])

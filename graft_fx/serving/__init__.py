@@ -2,12 +2,13 @@
 
 Phones run the head of a model, upload the cut tensor over a measured network, and a GPU server
 batches the tails under a latency SLO. The subpackage is built from `traces` (bandwidth over time,
-loaded from public measurement sets, a subset bundled so that it runs offline), `workload`
-(clients, devices, arrivals and their cut choices), `profiles` (latency against batch size and
-share: `measure`d here, loaded, or modelled by `roofline`, over the `pieces` of a model),
-`planner` (grouping fragment types and sizing their shares), `batching` (deadline-aware batch
-formation), `simulator` (which replays one request stream through every policy) and `report`
-(its table, JSON and plot). `zoo` and `resolve` turn names into models, traces and profiles.
+loaded from public measurement sets, a subset bundled so that it runs offline), `devices` (how
+fast phones are), `uploads` (what they send at a cut), `workload` (clients, arrivals and their cut
+choices), `profiles` (latency against batch size and share: `measure`d here, loaded, or modelled
+by `roofline`, over the `pieces` of a model), `planner` (grouping fragment types and sizing their
+shares), `batching` (deadline-aware batch formation), `simulator` (which replays one request
+stream through every policy) and `report` (its table, JSON and plot). `zoo` and `resolve` turn
+names into models, traces and profiles.
 """
 
 from .batching import EXPIRED, HOPELESS, Batch, BatchQueue, Decision, Drop, Outcome, Stats, run_offline
@@ -15,9 +16,11 @@ from .planner import Demand, Group, Plan, Replanner, fluid_bound, plan
 from .profiles import Piece, Profile
 from .requests import Request
 from .simulator import POLICIES, PolicyResult, Scenario, simulate
+from .devices import DEVICES, PHONE_SPEEDS, DeviceClass, LogNormalSpeeds
+from .uploads import CutTensor, Upload
 from .workload import (
-    DEVICES, ArrivalProcess, Choice, Client, ClientStats, DeviceClass, Gamma, ModelCosts, Origin,
-    Poisson, Workload, choose, generate, make_clients, model_costs,
+    ArrivalProcess, Choice, Client, ClientStats, Gamma, ModelCosts, Origin, Poisson, Workload, choose, generate,
+    make_clients, model_costs,
 )
 from .traces import (
     Trace, bundled, bundled_names, load_ghent, load_gnettrack, load_mahimahi, load_pensieve,
@@ -25,7 +28,8 @@ from .traces import (
 )
 
 __all__ = [
-    "DEVICES", "ArrivalProcess", "Choice", "Client", "ClientStats", "DeviceClass", "Gamma", "ModelCosts",
+    "DEVICES", "PHONE_SPEEDS", "DeviceClass", "LogNormalSpeeds", "CutTensor", "Upload",
+    "ArrivalProcess", "Choice", "Client", "ClientStats", "Gamma", "ModelCosts",
     "Origin", "Poisson", "Workload", "choose", "generate", "make_clients", "model_costs",
     "Demand", "Group", "Plan", "Replanner", "fluid_bound", "plan", "Piece", "Profile",
     "POLICIES", "PolicyResult", "Scenario", "simulate",

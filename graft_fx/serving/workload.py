@@ -27,9 +27,16 @@ per second per phone these are small effects.
 
 Device time is ``overhead + head FLOPs / throughput`` (`DeviceClass.head_s`): a per-invocation
 overhead (framework dispatch, copying the input, waking an accelerator), paid only when the head
-runs any FLOPs, plus the head's FLOPs at an effective sustained rate. Model costs come from the
-graph analysis (`model_costs`): the cut points with their bytes and FLOP fractions, and the
-model's FLOPs per sample (a multiply-add counts as 2 FLOPs).
+runs any FLOPs, plus the head's FLOPs at an effective sustained rate. Phones come from a few
+device classes or from a population with a continuum of speeds (`graft_fx.serving.devices`).
+Model costs come from the graph analysis (`model_costs`): the cut points with their FLOP
+fractions and the tensors that cross them, and the model's FLOPs per sample (a multiply-add counts
+as 2 FLOPs). What a client uploads at a cut is that tensor as its `Upload` encodes it
+(`graft_fx.serving.uploads`): by default fp32; a JPEG at the raw input and fp16 activations are
+what a phone app would more likely send.
+
+Arrivals are stationary renewal processes (`ArrivalProcess`): Poisson, or Gamma gaps for bursty
+or regular users, each started at a random moment of its steady state.
 
 `generate` turns clients into a `Workload`: requests sorted by arrival, numbered in that order,
 with where each came from, per-client counts and the fragment mix. It is deterministic for a seed:
@@ -46,51 +53,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch.fx as fx
 
-from ..analysis import analyze
+from ..analysis import Analysis, analyze
 from ..cuts import CutPoint, located_cuts
 from ..errors import GraftError
+from .devices import DEVICES as DEVICES  # re-exported: callers import the presets from here
+from .devices import DeviceClass, LogNormalSpeeds
 from .requests import Request
 from .traces import Trace
+from .uploads import CutTensor, Upload
 
 ServerEstimate = Callable[[int], float]  # fragment index -> expected server latency in seconds
-
-
-@dataclass(frozen=True)
-class DeviceClass:
-    """A phone's compute: ``gflops`` effective sustained GFLOP/s and a per-inference overhead."""
-
-    name: str
-    gflops: float
-    overhead_ms: float
-
-    def __post_init__(self):
-        if not (self.gflops > 0 and self.overhead_ms >= 0):
-            raise GraftError(f"device {self.name!r}: expected gflops > 0 and overhead_ms >= 0, "
-                             f"got {self.gflops} and {self.overhead_ms}")
-
-    def head_s(self, flops: float) -> float:
-        """Seconds to run a head of ``flops`` FLOPs; an empty head (no FLOPs) costs nothing."""
-        return self.overhead_ms / 1e3 + flops / (self.gflops * 1e9) if flops > 0 else 0.0
-
-
-# Effective sustained rates for fp32 CNN inference as a phone app sees it, not peak: published
-# mobile benchmarks (AI Benchmark, MLPerf Mobile, framework release notes) put a MobileNetV2-size
-# model (0.6 GFLOP) at roughly a hundred-odd ms on an entry-level phone's CPU, a few tens of ms on
-# the big cores of a mid-range one, under ten on a flagship GPU and a few on a recent NPU, and a
-# ResNet-50 (8 GFLOP) at over a second on an entry-level CPU. The presets reproduce those
-# magnitudes; they are assumptions to sweep, not measurements. Overheads are a few ms: framework
-# dispatch and the input copy on a CPU, plus driver dispatch and synchronisation on an accelerator.
-DEVICES = {
-    # Entry-level phone: in-order Cortex-A53/A55-class cores, fp32 NEON kernels.
-    "low-end": DeviceClass("low-end", gflops=5.0, overhead_ms=4.0),
-    # Mid-range phone: a few out-of-order Cortex-A7x-class big cores, an optimised CPU backend.
-    "mid-range": DeviceClass("mid-range", gflops=20.0, overhead_ms=2.0),
-    # Flagship phone running the model on its GPU through a delegate (fp16 arithmetic inside).
-    "high-end": DeviceClass("high-end", gflops=100.0, overhead_ms=3.0),
-    # Recent flagship running the model on its NPU (reduced precision inside).
-    "flagship-npu": DeviceClass("flagship-npu", gflops=300.0, overhead_ms=3.0),
-}
 
 
 @dataclass(frozen=True)
@@ -98,27 +72,68 @@ class ModelCosts:
     """What a client needs to know about a model, per sample.
 
     ``cuts`` in graph order (the first, when the model has one input, is the raw input: the server
-    runs everything), ``flops`` of the whole model, ``input_bytes`` of its inputs.
+    runs everything), ``flops`` of the whole model, ``input_bytes`` of its inputs, ``tensors`` the
+    tensor that crosses each cut (``()`` when unknown, as in costs written by hand) and ``upload``
+    how clients encode what they send (`graft_fx.serving.uploads`; by default fp32).
+
+    Raises GraftError when ``tensors`` is neither empty nor one per cut, or when it is empty and
+    ``upload`` is not the default (the encoded size needs the tensors' shapes and dtypes).
     """
 
     cuts: tuple[CutPoint, ...]
     flops: float
     input_bytes: int
+    tensors: tuple[CutTensor, ...] = ()
+    upload: Upload = Upload()
+
+    def __post_init__(self):
+        if self.tensors and len(self.tensors) != len(self.cuts):
+            raise GraftError(f"{len(self.tensors)} cut tensors for {len(self.cuts)} cuts: expected one per cut")
+        if not self.tensors and self.upload != Upload():
+            raise GraftError(f"upload {self.upload}: encoding needs the cut tensors; expected costs from "
+                             f"model_costs, or tensors given")
 
     def head_flops(self, fragment: int) -> float:
         return self.cuts[fragment].flops_before * self.flops
 
+    def upload_bytes(self, fragment: int) -> int:
+        """Bytes a client uploads when it cuts at ``fragment``: the cut's tensor as ``upload``
+        encodes it, or the cut's ``activation_bytes`` when the tensors are unknown."""
+        if not self.tensors:
+            return self.cuts[fragment].activation_bytes
+        return self.upload.nbytes(self.tensors[fragment])
 
-def model_costs(model: Any, example: Any) -> ModelCosts:
-    """The `ModelCosts` of ``model`` from one graph analysis on ``example`` (batch dim 0)."""
+    def encoded(self, upload: Upload) -> ModelCosts:
+        """These costs with clients encoding their uploads as ``upload``."""
+        return replace(self, upload=upload)
+
+
+def model_costs(model: Any, example: Any, upload: Upload = Upload()) -> ModelCosts:
+    """The `ModelCosts` of ``model`` from one graph analysis on ``example`` (batch dim 0), with
+    clients encoding their uploads as ``upload``."""
     a = analyze(model, example, f"model ({type(model).__name__})")
     flops = sum(a.facts[n].flops_per_row for n in a.nodes)
     input_bytes = sum(a.facts[n].bytes_per_row for n in a.nodes if n.op == "placeholder")
-    return ModelCosts(tuple(cut for cut, _ in located_cuts(a)), float(flops), input_bytes)
+    located = located_cuts(a)
+    tensors = tuple(_cut_tensor(a, a.nodes[pos]) for _, pos in located)
+    return ModelCosts(tuple(cut for cut, _ in located), float(flops), input_bytes, tensors, upload)
+
+
+def _cut_tensor(a: Analysis, node: fx.Node) -> CutTensor:
+    """The tensor ``node`` makes, which crosses a cut (so its batch is dim 0, alone)."""
+    facts = a.facts[node]
+    return CutTensor(tuple(int(d) for d in facts.row_shape), facts.dtype, node.op == "placeholder")
 
 
 class ArrivalProcess(ABC):
-    """A renewal process of inference requests on one phone, ``rate_per_s`` on average."""
+    """A stationary renewal process of inference requests on one phone, ``rate_per_s`` on average.
+
+    Stationary: the clock starts at a random moment of a process that has run forever, not at an
+    arrival. The first arrival after 0 is then drawn from the equilibrium forward-recurrence
+    distribution (density ``(1 - F(x)) * rate_per_s`` for gap distribution F), and the expected
+    number of arrivals in any interval of ``d`` seconds is ``rate_per_s * d``, however bursty the
+    gaps, so short runs are not biased at their start.
+    """
 
     rate_per_s: float
 
@@ -126,11 +141,15 @@ class ArrivalProcess(ABC):
     def gaps(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` independent inter-arrival times in seconds."""
 
+    @abstractmethod
+    def first_gap(self, rng: np.random.Generator) -> float:
+        """Seconds from a random moment to the next arrival: one forward-recurrence time."""
+
     def times(self, rng: np.random.Generator, duration_s: float) -> np.ndarray:
-        """The arrival times in ``[0, duration_s)``, the first one gap after 0."""
+        """The arrival times in ``[0, duration_s)``, the first one `first_gap` after 0."""
         mean = self.rate_per_s * duration_s
         chunk = int(mean + 5 * math.sqrt(mean)) + 16
-        t = np.cumsum(self.gaps(rng, chunk))
+        t = np.cumsum(np.concatenate(([self.first_gap(rng)], self.gaps(rng, chunk - 1))))
         while t[-1] < duration_s:
             t = np.concatenate((t, t[-1] + np.cumsum(self.gaps(rng, chunk))))
         return t[t < duration_s]
@@ -153,13 +172,19 @@ class Poisson(ArrivalProcess):
     def gaps(self, rng, n):
         return rng.exponential(1 / self.rate_per_s, n)
 
+    def first_gap(self, rng):
+        """A gap itself: exponential gaps are memoryless."""
+        return float(rng.exponential(1 / self.rate_per_s))
+
 
 @dataclass(frozen=True)
 class Gamma(ArrivalProcess):
     """Gamma gaps with coefficient of variation ``cv``: bursty above 1, regular below, Poisson at 1.
 
     Shape ``k = 1 / cv**2`` and scale ``1 / (rate_per_s * k)`` give mean ``1 / rate_per_s`` and
-    standard deviation ``cv / rate_per_s``.
+    standard deviation ``cv / rate_per_s``. The first arrival is a uniform fraction of a
+    length-biased gap, which for Gamma(k, scale) is Gamma(k + 1, scale): its mean is
+    ``(1 + cv**2) / (2 * rate_per_s)``, longer than a gap when bursty (the inspection paradox).
     """
 
     rate_per_s: float
@@ -173,6 +198,10 @@ class Gamma(ArrivalProcess):
     def gaps(self, rng, n):
         k = 1 / self.cv**2
         return rng.gamma(k, 1 / (self.rate_per_s * k), n)
+
+    def first_gap(self, rng):
+        k = 1 / self.cv**2
+        return float(rng.uniform() * rng.gamma(k + 1, 1 / (self.rate_per_s * k)))
 
 
 @dataclass(frozen=True)
@@ -229,7 +258,7 @@ def _options(costs: ModelCosts, server_estimate: ServerEstimate | None,
             options.append(_Option(None, costs.flops, 0, 0.0))
         else:
             server_s = server_estimate(f) if server_estimate else 0.0
-            options.append(_Option(f, costs.head_flops(f), costs.cuts[f].activation_bytes, server_s))
+            options.append(_Option(f, costs.head_flops(f), costs.upload_bytes(f), server_s))
     return options
 
 
@@ -374,25 +403,29 @@ def _count_local(stats: ClientStats, late: bool) -> ClientStats:
     return replace(stats, local=stats.local + 1, local_late=stats.local_late + late)
 
 
-def make_clients(n: int, devices: Iterable[DeviceClass], traces: Iterable[Trace],
+def make_clients(n: int, devices: Iterable[DeviceClass] | LogNormalSpeeds, traces: Iterable[Trace],
                  rate_per_s: float, slo_s: float, cv: float | None = None,
                  seed: int = 0) -> list[Client]:
     """``n`` clients with ids 0..n-1 spread over every (device, trace) pair in turn.
 
-    Client ``i`` gets ``devices[i % D]`` and ``traces[(i // D) % T]``, so any ``D * T`` consecutive
-    clients cover each pair once. Arrivals are `Poisson` at ``rate_per_s``, or `Gamma` with
-    coefficient of variation ``cv``. Trace offsets are uniform over one loop of the trace, drawn
-    from ``seed``.
+    ``devices`` is a list of device classes or a population of phones (`LogNormalSpeeds`). With a
+    list, client ``i`` gets ``devices[i % D]`` and ``traces[(i // D) % T]``, so any ``D * T``
+    consecutive clients cover each pair once. With a population, client ``i`` gets its own device,
+    drawn from ``seed``, and ``traces[i % T]``. Arrivals are `Poisson` at ``rate_per_s`` when
+    ``cv`` is None or 1, else `Gamma` with coefficient of variation ``cv``. Trace offsets are
+    uniform over one loop of the trace, drawn from ``seed``.
+
+    Raises GraftError unless ``n >= 0`` and there are some devices and traces.
     """
-    devices, traces = list(devices), list(traces)
-    if n < 0 or not devices or not traces:
+    population = devices if isinstance(devices, LogNormalSpeeds) else None
+    classes, traces = ([] if population else list(devices)), list(traces)
+    if n < 0 or not (population or classes) or not traces:
         raise GraftError(f"expected n >= 0 and some devices and traces, got n={n}, "
-                         f"{len(devices)} devices, {len(traces)} traces")
-    arrivals = Poisson(rate_per_s) if cv is None else Gamma(rate_per_s, cv)
+                         f"{len(classes)} devices, {len(traces)} traces")
+    arrivals = Poisson(rate_per_s) if cv is None or cv == 1 else Gamma(rate_per_s, cv)
     rng = np.random.default_rng(seed)
-    clients = []
-    for i in range(n):
-        device, trace = devices[i % len(devices)], traces[(i // len(devices)) % len(traces)]
-        offset_s = float(rng.uniform(0, trace.duration_s))
-        clients.append(Client(i, device, trace, offset_s, arrivals, slo_s))
-    return clients
+    on_trace = [traces[(i // (len(classes) or 1)) % len(traces)] for i in range(n)]
+    offsets = [float(rng.uniform(0, trace.duration_s)) for trace in on_trace]
+    phones = population.draw(rng, n) if population else [classes[i % len(classes)] for i in range(n)]
+    return [Client(i, phone, trace, offset_s, arrivals, slo_s)
+            for i, (phone, trace, offset_s) in enumerate(zip(phones, on_trace, offsets))]

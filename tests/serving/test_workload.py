@@ -1,5 +1,6 @@
-"""The workload: budget arithmetic by hand, Neurosurgeon's choice on synthetic costs, arrival
-statistics, determinism, a real model through `model_costs`, and a bundled trace end to end."""
+"""The workload: budget arithmetic by hand, what clients upload, Neurosurgeon's choice on synthetic
+costs, arrival statistics and their steady start, determinism, clients from a population of
+phones, a real model through `model_costs`, and a bundled trace end to end."""
 
 import math
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 import graft_fx
 from graft_fx import CutPoint, GraftError
 from graft_fx.serving import Trace, bundled
+from graft_fx.serving.devices import PHONE_SPEEDS
+from graft_fx.serving.uploads import CutTensor, Upload, jpeg_bytes
 from graft_fx.serving.workload import (
     DEVICES, Client, ClientStats, DeviceClass, Gamma, ModelCosts, Poisson, _frontier, _options, choose,
     generate, make_clients, model_costs,
@@ -74,6 +77,43 @@ def test_the_upload_starts_when_the_head_finishes_at_the_clients_offset():
     choice = choose(c, ModelCosts((CutPoint("h", 1000, 0.1),), 4e9, 1000), 0.3, candidates=[0])
     # the head ends at trace time 1.2, in the dead half: it waits 0.8 s, then takes 8 ms.
     assert choice.upload_s == pytest.approx(0.808)
+
+
+# What clients upload.
+
+IMAGE_COSTS = ModelCosts(
+    COSTS.cuts, COSTS.flops, COSTS.input_bytes,
+    (CutTensor((3, 125, 100), torch.float32, is_input=True), CutTensor((150_000,), torch.float32),
+     CutTensor((500,), torch.float32)))
+
+
+def test_the_upload_is_the_cut_tensor_as_encoded():
+    assert [IMAGE_COSTS.upload_bytes(f) for f in range(3)] == [150_000, 600_000, 2_000]
+    phone = IMAGE_COSTS.encoded(Upload("fp16", jpeg_quality=90))
+    assert [phone.upload_bytes(f) for f in range(3)] == [jpeg_bytes(125, 100, 90), 300_000, 1_000]
+    assert IMAGE_COSTS.encoded(Upload("int8")).upload_bytes(2) == 500 + 8
+
+
+def test_the_raw_input_baseline_uploads_the_jpeg():
+    costs = IMAGE_COSTS.encoded(Upload(jpeg_quality=75))
+    w = generate([client(trace=flat(8.0))], costs, duration_s=10.0, fragments=[0], local=False)
+    assert w.requests
+    assert [o.upload_s for o in w.origins] == pytest.approx([jpeg_bytes(125, 100, 75) * 8 / 8e6] * len(w.origins))
+
+
+def test_a_cheaper_upload_moves_the_cut_earlier():
+    """At 8 Mbit/s, a 0.6 s fp32 upload of "conv" loses to "pool"; as int8 (0.15 s) it wins."""
+    c = client(device=SLOW_PHONE, trace=flat(8.0))
+    estimate = lambda f: [1.0, 0.0, 0.1][f]  # noqa: E731
+    assert choose(c, IMAGE_COSTS, 0.0, estimate, candidates=[1, 2]).fragment == 2
+    assert choose(c, IMAGE_COSTS.encoded(Upload("int8")), 0.0, estimate, candidates=[1, 2]).fragment == 1
+
+
+def test_costs_reject_tensors_that_do_not_fit_and_encodings_they_cannot_size():
+    with pytest.raises(GraftError, match="2 cut tensors for 3 cuts"):
+        ModelCosts(COSTS.cuts, 4e9, 150_000, IMAGE_COSTS.tensors[:2])
+    with pytest.raises(GraftError, match="encoding needs the cut tensors"):
+        COSTS.encoded(Upload("fp16"))
 
 
 # Neurosurgeon's choice.
@@ -164,6 +204,28 @@ def test_bad_arrival_parameters_raise():
             bad()
 
 
+def test_a_bursty_process_starts_in_steady_state():
+    """cv = 3: over many runs, [0, 0.5 s) holds rate * 0.5 = 1 arrival on average, and the first
+    arrival comes (1 + cv**2) / (2 * rate) = 2.5 s after 0 on average. Starting at an arrival
+    instead would count 3.7: bursts cluster right after it."""
+    process, rng = Gamma(2.0, 3.0), np.random.default_rng(0)
+    counts = [len(process.times(rng, 0.5)) for _ in range(20_000)]
+    assert np.mean(counts) == pytest.approx(1.0, rel=0.06)
+    at_an_arrival = [np.sum(np.cumsum(process.gaps(rng, 100)) < 0.5) for _ in range(20_000)]
+    assert np.mean(at_an_arrival) > 2.0
+    assert np.mean([process.first_gap(rng) for _ in range(20_000)]) == pytest.approx(2.5, rel=0.03)
+
+
+def test_a_poisson_process_first_arrival_is_exponential():
+    """Kolmogorov-Smirnov against Exp(rate): the statistic stays under 1.36 / sqrt(n) (5% level)."""
+    rng = np.random.default_rng(1)
+    first = np.sort([Poisson(4.0).times(rng, 10.0)[0] for _ in range(5_000)])
+    n = len(first)
+    cdf = 1 - np.exp(-4.0 * first)
+    statistic = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert statistic < 1.36 / math.sqrt(n)
+
+
 # Streams.
 
 def test_streams_are_sorted_numbered_deterministic_and_counted():
@@ -181,6 +243,22 @@ def test_streams_are_sorted_numbered_deterministic_and_counted():
     assert sum(s.sent for s in w.clients.values()) == len(w.requests) == sum(w.mix.values())
     assert w.late == sum(r.budget_s <= 0 for r in w.requests) > 0
     assert w.local > 0 and len(w.mix) > 1
+
+
+def test_clients_from_a_population_draw_their_own_phones_per_seed():
+    traces = [flat(2.0), flat(4.0)]
+    clients = make_clients(6, PHONE_SPEEDS, traces, rate_per_s=1.0, slo_s=0.5, cv=2.0, seed=5)
+    assert [c.trace.name for c in clients] == ["flat-2.0", "flat-4.0"] * 3
+    assert len({c.device.gflops for c in clients}) == 6
+    assert all(c.arrivals == Gamma(1.0, 2.0) for c in clients)
+    assert clients == make_clients(6, PHONE_SPEEDS, traces, rate_per_s=1.0, slo_s=0.5, cv=2.0, seed=5)
+    other = make_clients(6, PHONE_SPEEDS, traces, rate_per_s=1.0, slo_s=0.5, cv=2.0, seed=6)
+    assert [c.device for c in other] != [c.device for c in clients]
+
+
+def test_a_coefficient_of_variation_of_one_is_poisson():
+    clients = make_clients(2, DEVICES.values(), [flat(1.0)], rate_per_s=3.0, slo_s=1.0, cv=1.0)
+    assert {c.arrivals for c in clients} == {Poisson(3.0)}
 
 
 def test_generate_rejects_bad_arguments():
@@ -211,6 +289,16 @@ def test_model_costs_of_a_tiny_cnn():
     assert costs.cuts == tuple(graft_fx.cut_points(model, x))
     assert costs.cuts[0].activation_bytes == costs.input_bytes and costs.head_flops(0) == 0
     assert costs.head_flops(len(costs.cuts) - 1) == convs
+    assert [costs.upload_bytes(f) for f in range(len(costs.cuts))] == [c.activation_bytes for c in costs.cuts]
+    assert costs.tensors[0] == CutTensor((3, 16, 16), torch.float32, is_input=True)
+
+
+def test_a_phone_uploads_a_jpeg_and_half_precision_activations_of_a_real_model():
+    model, x = tiny_cnn(), torch.randn(2, 3, 16, 16)
+    costs = model_costs(model, x, Upload("fp16", jpeg_quality=90))
+    assert costs.upload_bytes(0) == jpeg_bytes(16, 16, 90)
+    assert [costs.upload_bytes(f) for f in range(1, len(costs.cuts))] == [
+        c.activation_bytes // 2 for c in costs.cuts[1:]]
 
 
 def test_a_bundled_lte_uplink_end_to_end():
