@@ -28,7 +28,8 @@ from .errors import GraftError
 
 DEFAULTS = {"model": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
             "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0, "cv": 1.0,
-            "upload": "fp16", "jpeg_quality": 90, "devices": "fitted"}
+            "upload": "fp16", "jpeg_quality": 90, "devices": "fitted",
+            "private_input": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", choices=["fitted", "presets"], default=DEFAULTS["devices"],
                    help="fitted: each phone's speed drawn from a log-normal fitted to public phone benchmarks; "
                         "presets: the four device classes in turn (default: %(default)s)")
+    s.add_argument("--private-input", action=argparse.BooleanOptionalAction, default=DEFAULTS["private_input"],
+                   help="phones never upload the raw input, only activations (privacy-preserving split "
+                        "inference; the full-model baseline still uploads the image) (default: %(default)s)")
     s.add_argument("--duration-s", type=POSITIVE, default=DEFAULTS["duration_s"],
                    help="seconds of sending to simulate (default: %(default)s)")
     s.add_argument("--policies", type=_policies, default=list(POLICIES),
@@ -153,8 +157,9 @@ def simulate(args: argparse.Namespace) -> int:
 
     from .serving import report, zoo
     from .serving.devices import DEVICES, PHONE_SPEEDS
+    from .serving.partitions import for_device
     from .serving.resolve import profile_for, trace_for
-    from .serving.simulator import Scenario, simulate as run
+    from .serving.simulator import Scenario, make_stream, simulate as run
     from .serving.uploads import Upload
     from .serving.workload import make_clients, model_costs
 
@@ -167,17 +172,21 @@ def simulate(args: argparse.Namespace) -> int:
     costs = model_costs(model, example, Upload(args.upload, args.jpeg_quality))
     devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
     clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=args.seed)
-    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed, replan_s=args.replan_s)
+    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed, replan_s=args.replan_s,
+                        private_input=args.private_input)
+    stream = make_stream(scenario)
     with tqdm(desc="simulating", total=len(policies), unit="policy", file=sys.stderr) as bar:
-        results = run(scenario, policies, progress=lambda name: bar.update())
+        results = run(scenario, policies, progress=lambda name: bar.update(), stream=stream)
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
               "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "seed": args.seed, "replan_s": args.replan_s, "cv": args.cv,
-              "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices}
-    print(report.table(config, results))
+              "device": profile.device, "partitions": str(scenario.partitioning or for_device(profile.device)),
+              "seed": args.seed, "replan_s": args.replan_s, "cv": args.cv,
+              "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
+              "private_input": args.private_input}
+    print(report.table(config, results, profile.fragments, stream))
     if args.json:
-        args.json.write_text(json.dumps(report.to_json(config, results), indent=1))
+        args.json.write_text(json.dumps(report.to_json(config, results, profile.fragments, stream), indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(config, results, args.plot)

@@ -26,8 +26,14 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
         "cv": 1.0, "upload": "fp16", "jpeg_quality": 90, "devices": "fitted"}
     assert [p["name"] for p in doc["policies"]] == ["graft", "per-fragment", "full-model", "bound"]
     for p in doc["policies"]:
-        assert set(p) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms",
-                          "dropped", "requests", "attainable"}
+        assert {"name", "share", "gpus", "slo_attainment", "attainable_attainment", "goodput_rps", "p50_ms",
+                "p99_ms", "dropped", "requests", "attainable", "extrapolated"} <= set(p)
+    graft = doc["policies"][0]
+    assert graft["gpus"] >= 1 and graft["plan"]["groups"][0]["partition"].endswith(" SMs")
+    assert all(isinstance(f, str) for g in graft["plan"]["groups"] for f in g["fragments"])  # cut names
+    assert doc["requests"]["requests"] >= doc["requests"]["attainable"] and doc["columns"]
+    assert "partitions: green-context on NVIDIA H200" in printed and "graft plan: " in printed
+    assert "GPUs: whole devices" in printed  # the columns are explained
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

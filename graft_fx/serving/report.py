@@ -1,9 +1,9 @@
-"""What `graft simulate` shows: a table of the policies, their JSON, and a plot.
+"""What `graft simulate` shows: a table of the policies, the plans behind them, their JSON, and a plot.
 
-The share column is in GPUs (1.00 is one whole accelerator); each row's figures are those of the
-least share that met the target (99% of the *attainable* requests on time: those the network
-left enough budget to be served at all), and ``-`` marks what a policy does not have (the fluid
-bound is not simulated; a policy that never met the target has no share).
+Each row's figures are those of the least share that met the target (99% of the *attainable*
+requests on time: those the network left enough budget to be served at all); ``-`` marks what a
+policy does not have (the fluid bound is not simulated; a policy that never met the target has no
+share). `COLUMN_NOTES` says what each column measures, and the table prints it.
 """
 
 from __future__ import annotations
@@ -12,37 +12,118 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .simulator import POLICIES, PolicyResult
+import numpy as np
 
-COLUMNS = ("policy", "share (GPUs)", "vs graft", "SLO attained", "goodput/s", "p50 ms", "p99 ms",
-           "dropped", "attainable", "requests")
+from .planner import Plan
+from .simulator import POLICIES, PolicyResult, Stream
+
+COLUMNS = ("policy", "GPUs", "share", "vs graft", "on time", "on time (attainable)", "goodput/s", "p50 ms",
+           "p99 ms", "dropped")
+COLUMN_NOTES = (
+    "GPUs: whole devices the plan's partitions pack onto (memory and partition limits included); "
+    "share: the plan's partitions in GPUs (1.00 = one device); vs graft: share over graft's share",
+    "on time: answered within the SLO, of all requests and of the attainable ones (the target is 99% of "
+    "those); goodput: on-time answers per second",
+    "p50/p99: end-to-end latency of answered requests, from the phone starting the inference; the "
+    "policy starts each batch at its latest start, so answers come late but within their deadlines",
+    "*: some partition is smaller than the profile's smallest measured share (latency extrapolated as 1/share)",
+)
 
 
-def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult]) -> dict[str, Any]:
-    """``{"config": ..., "policies": [...]}``, with the graft plan's groups when it has one."""
-    doc: dict[str, Any] = {"config": dict(config), "policies": [r.to_json() for r in results]}
-    graft = next((r for r in results if r.name == "graft" and r.plan is not None), None)
-    if graft is not None:
-        doc["graft_plan"] = [{"fragments": list(g.fragments), "share": g.share, "replicas": g.replicas,
-                              "duty_cycle_ms": g.duty_cycle_s * 1e3, "latency_ms": g.latency_s * 1e3}
-                             for g in graft.plan.groups]
+def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Sequence[str] = (),
+            stream: Stream | None = None) -> dict[str, Any]:
+    """``{"config", "columns", "requests", "policies"}``: each policy with its plan's groups by cut
+    name (``fragments[f]`` names fragment type ``f``) and its partitions."""
+    doc: dict[str, Any] = {"config": dict(config), "columns": list(COLUMN_NOTES), "policies": []}
+    if stream is not None:
+        doc["requests"] = attainability(stream, config["slo_ms"])
+    for r in results:
+        entry = r.to_json()
+        if r.plan is not None:
+            entry["plan"] = _plan_json(r.plan, fragments)
+        doc["policies"].append(entry)
     return doc
 
 
-def table(config: Mapping[str, Any], results: Sequence[PolicyResult]) -> str:
-    """A plain-text table of the policies, headed by what was simulated and on which profile."""
+def _plan_json(plan: Plan, fragments: Sequence[str]) -> dict[str, Any]:
+    name = plan.partitioning.describe if plan.partitioning else str
+    return {
+        "groups": [{"fragments": [_cut(fragments, f) for f in g.fragments], "partition": name(g.share),
+                    "share": round(g.share, 4), "replicas": g.replicas,
+                    "duty_cycle_ms": round(g.duty_cycle_s * 1e3, 3), "latency_ms": round(g.latency_s * 1e3, 3),
+                    "budget_ms": round(g.budget_s * 1e3, 3), "extrapolated": g.extrapolated}
+                   for g in plan.groups],
+        "partitions": [{"share": round(p.share, 4), "groups": list(p.groups)} for p in plan.partitions],
+    }
+
+
+def _cut(fragments: Sequence[str], f: int) -> str:
+    return fragments[f] if f < len(fragments) else str(f)
+
+
+def attainability(stream: Stream, slo_ms: float) -> dict[str, Any]:
+    """How many requests some server could answer in time, and what the phone and the network
+    took of the SLO (medians, ms)."""
+    n, ok = len(stream.requests), int(stream.attainable.sum())
+    med = (lambda a: round(float(np.median(a)) * 1e3, 1) if len(a) else None)  # noqa: E731
+    return {"requests": n, "attainable": ok, "slo_ms": slo_ms, "median_device_ms": med(stream.device_s),
+            "median_upload_ms": med(stream.upload_s),
+            "upload_over_slo": int((stream.upload_s * 1e3 >= slo_ms).sum()) if len(stream.upload_s) else 0}
+
+
+def why_unattainable(facts: Mapping[str, Any]) -> str:
+    """One line on how many requests can meet the SLO at all, and why not, when many cannot."""
+    n, ok = facts["requests"], facts["attainable"]
+    if n == 0:
+        return "no requests: no phone sent any in the simulated time"
+    line = f"{ok} of {n} requests ({ok / n:.1%}) can be answered in time by some server"
+    if ok >= 0.9 * n:
+        return line
+    over = facts["upload_over_slo"]
+    because = (f"; for {over} ({over / n:.0%}) the upload alone exceeds the {facts['slo_ms']:g} ms SLO"
+               if over else "")
+    return (f"{line}{because} (median phone time {facts['median_device_ms']} ms, median upload "
+            f"{facts['median_upload_ms']} ms): the rest arrive with less budget than their fragment takes "
+            "alone on a whole GPU, and every policy loses them alike")
+
+
+def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Sequence[str] = (),
+          stream: Stream | None = None) -> str:
+    """A plain-text report: what was simulated, on which profile and partitions, how many requests
+    could be served at all, one row per policy, the column notes, and each policy's plan."""
     graft = next((r.share for r in results if r.name == "graft"), None)
     rows = [COLUMNS] + [_row(r, graft) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    head = (f"{config['model']} on {config['trace']}, SLO {config['slo_ms']:g} ms, {config['clients']} phones "
+    head = [f"{config['model']} on {config['trace']}, SLO {config['slo_ms']:g} ms, {config['clients']} phones "
             f"at {config['rate_per_s']:g}/s for {config['duration_s']:g} s (seed {config['seed']})"
             + (f", re-planned every {config['replan_s']:g} s (shares averaged over time)"
-               if config.get("replan_s") else "") + "\n"
-            f"profile: {config['profile']}\n")
-    return head + "\n".join(lines)
+               if config.get("replan_s") else ""),
+            f"profile: {config['profile']}"]
+    if config.get("partitions"):
+        head.append(f"partitions: {config['partitions']}")
+    if stream is not None:
+        head.append(why_unattainable(attainability(stream, config["slo_ms"])))
+    plans = [f"{r.name} plan: {line}" for r in results if r.plan is not None and r.share is not None
+             for line in describe_plan(r.plan, fragments)]
+    return "\n".join(head + [""] + lines + [""] + [f"  {note}" for note in COLUMN_NOTES] + [""] + plans)
+
+
+def describe_plan(plan: Plan, fragments: Sequence[str]) -> list[str]:
+    """One line per partition kind: its groups by cut name, its size, how many, and the cycle."""
+    name = plan.partitioning.describe if plan.partitioning else (lambda s: f"{s:.3f}")
+    lines = []
+    for p in dict.fromkeys(plan.partitions):  # one line per distinct partition
+        count = plan.partitions.count(p)
+        groups = " + ".join("[" + ", ".join(_cut(fragments, f) for f in plan.groups[g].fragments) + "]"
+                            for g in p.groups)
+        cycle = plan.groups[p.groups[0]].duty_cycle_s * 1e3
+        turns = " taking turns" if len(p.groups) > 1 else ""
+        star = "*" if any(plan.groups[g].extrapolated for g in p.groups) else ""
+        lines.append(f"{count} x {name(p.share)}{star}: {groups}{turns}, cycle {cycle:.1f} ms")
+    return lines
 
 
 def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
@@ -50,9 +131,9 @@ def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
         return "-" if value is None else format(value, fmt)
 
     ratio = "-" if graft is None or r.share is None else f"{r.share / graft:.2f}x"
-    attained = "-" if r.slo_attainment is None else f"{r.slo_attainment:.2%}"
-    return (r.name, num(r.share, ".3f"), ratio, attained, num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"),
-            num(r.p99_ms, ".0f"), num(r.dropped, "d"), str(r.attainable), str(r.requests))
+    share = num(r.share, ".3f") + ("*" if r.extrapolated and r.share is not None else "")
+    return (r.name, num(r.gpus, "d"), share, ratio, num(r.slo_attainment, ".1%"), num(r.attainable_attainment, ".1%"),
+            num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"), num(r.p99_ms, ".0f"), num(r.dropped, "d"))
 
 
 def plot(config: Mapping[str, Any], results: Sequence[PolicyResult], path: str | Path) -> None:
@@ -62,7 +143,6 @@ def plot(config: Mapping[str, Any], results: Sequence[PolicyResult], path: str |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, (shares, cdf) = plt.subplots(1, 2, figsize=(11, 4.2))
     colour = {name: f"C{i}" for i, name in enumerate(POLICIES)}

@@ -3,8 +3,11 @@
 A run starts from a `Scenario`: a model's latency `Profile`, its `ModelCosts`, the clients and how
 long they send. The clients choose their cuts among the profile's fragment types as a
 Neurosurgeon-style phone does (`workload.generate`, with the profile's whole-accelerator latency
-at batch 1 as the expected server time), and that one request stream is replayed through each
-policy on the same profile:
+at batch 1 as the expected server time; every phone offloads, none runs the whole model itself),
+and that one request stream is replayed through each policy on the same profile. With
+``private_input`` no phone uploads the raw input (privacy-preserving split inference: the image
+never leaves the phone), so phones choose among the activation cuts only; that is the regime of
+many fragment types, since an encoded image (a 16 kB JPEG) is smaller than most activations:
 
 - ``graft``: merge (one queue per group of types), group and re-align: the `planner` partitions
   the types into realigned groups, each with its share, replicas and duty cycle. A group's batch
@@ -61,6 +64,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .batching import Latency, run_offline
+from .deployment import Deployment, deploy
 from .partitions import Partitioning, for_device
 from .planner import Demand, Plan, Replanner, fluid_bound, least_budget, plan
 from .profiles import Profile
@@ -87,6 +91,7 @@ class Scenario:
     quantiles: tuple[float, ...] = QUANTILES
     partitioning: Partitioning | None = None  # default: green contexts of the profile's device
     replan_s: float | None = None  # re-plan every so many seconds on the rates just seen
+    private_input: bool = False  # phones never upload the raw input (cut 0), except under full-model
 
     def __post_init__(self):
         if not 0 < self.target <= 1 or not self.quantiles or not all(0 <= q < 1 for q in self.quantiles):
@@ -100,12 +105,15 @@ class Scenario:
 class Stream:
     """A request stream in the profile's terms: ``requests[i].fragment`` is a profile fragment
     type, ``send_s[i]`` is when its phone started, ``attainable[i]`` whether its budget covers its
-    latency alone on the whole accelerator."""
+    latency alone on the whole accelerator; ``device_s[i]`` and ``upload_s[i]`` are the phone's
+    time on the head and on the upload."""
 
     requests: tuple[Request, ...]
     send_s: np.ndarray
     attainable: np.ndarray
     duration_s: float
+    device_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    upload_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @cached_property
     def deadline_s(self) -> np.ndarray:
@@ -168,7 +176,13 @@ class Run:
 @dataclass(frozen=True)
 class PolicyResult:
     """One policy's figures; ``share`` is None when no searched share reached the target, and
-    the latency figures are None for ``bound`` (not simulated) or when nothing was answered."""
+    the latency figures are None for ``bound`` (not simulated) or when nothing was answered.
+
+    ``slo_attainment`` is over all requests, ``attainable_attainment`` over the attainable ones
+    (what the target is judged on); ``gpus`` is how many whole devices the plan's partitions pack
+    onto (`deployment.deploy`), and ``extrapolated`` whether some group's share lies below the
+    profile's smallest measured one.
+    """
 
     name: str
     share: float | None
@@ -179,13 +193,17 @@ class PolicyResult:
     dropped: int | None
     requests: int
     attainable: int  # requests whose budget covers their fragment alone on a whole accelerator
+    attainable_attainment: float | None = None
+    gpus: int | None = None
+    extrapolated: bool = False
     latencies_ms: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     plan: Plan | None = field(repr=False, default=None)
+    deployment: Deployment | None = field(repr=False, default=None)
     searched: tuple[tuple[float, float], ...] = ()  # (total share, attainable fraction on time)
 
     def to_json(self) -> dict:
-        keys = ("name", "share", "slo_attainment", "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests",
-                "attainable")
+        keys = ("name", "share", "gpus", "slo_attainment", "attainable_attainment", "goodput_rps", "p50_ms",
+                "p99_ms", "dropped", "requests", "attainable", "extrapolated")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -202,17 +220,20 @@ def fragment_cuts(profile: Profile, costs: ModelCosts) -> list[int]:
 
 
 def make_stream(scenario: Scenario, full_model: bool = False) -> Stream:
-    """The scenario's requests, each at the cut its phone chooses (``full_model``: the raw input)."""
+    """The scenario's requests, each at the cut its phone chooses (``full_model``: the raw input;
+    with ``scenario.private_input``, any cut but the raw input)."""
     profile, cuts = scenario.profile, fragment_cuts(scenario.profile, scenario.costs)
     of_cut = {c: f for f, c in enumerate(cuts)}
     alone = [profile.fragment_s(f, 1, 1.0) for f in range(len(cuts))]
     workload = generate(scenario.clients, scenario.costs, scenario.duration_s, scenario.seed,
                         server_estimate=lambda c: alone[of_cut[c]],
-                        fragments=cuts[:1] if full_model else cuts, local=False)
+                        fragments=cuts[:1] if full_model else cuts[1:] if scenario.private_input else cuts,
+                        local=False)
     requests = tuple(Request(r.deadline_s, r.arrival_s, r.id, of_cut[r.fragment]) for r in workload.requests)
     attainable = np.array([r.budget_s >= alone[r.fragment] for r in requests], dtype=bool)
-    send_s = np.array([o.send_s for o in workload.origins])
-    return Stream(requests, send_s, attainable, scenario.duration_s)
+    origins = workload.origins
+    return Stream(requests, np.array([o.send_s for o in origins]), attainable, scenario.duration_s,
+                  np.array([o.device_s for o in origins]), np.array([o.upload_s for o in origins]))
 
 
 def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.0) -> list[Demand]:
@@ -359,7 +380,7 @@ def _end(stream: Stream) -> float:
     return max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
 
 
-def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> PolicyResult:
+def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], profile: Profile) -> PolicyResult:
     """The figures of ``best`` (or, if none reached the target, of the run with the most share)."""
     attainable = int(stream.attainable.sum())
     searched = tuple(sorted((r.total_share, float((r.on_time(stream) & stream.attainable).sum() / max(attainable, 1)))
@@ -372,19 +393,23 @@ def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run]) -> 
     answered = ~np.isnan(shown.finish_s)
     latencies_ms = (shown.finish_s[answered] - stream.send_s[answered]) * 1e3
     p50, p99 = (float(np.percentile(latencies_ms, q)) for q in (50, 99)) if answered.any() else (None, None)
+    deployment = deploy(shown.plan, profile)
     return PolicyResult(name, shown.total_share if best else None, float(on_time.mean()) if n else 1.0,
                         float(on_time.sum() / stream.duration_s), p50, p99, int(n - answered.sum()), n,
-                        attainable, np.sort(latencies_ms), shown.plan, searched)
+                        attainable, float((on_time & stream.attainable).sum() / max(attainable, 1)),
+                        deployment.gpus if best else None, any(g.extrapolated for g in shown.plan.groups),
+                        np.sort(latencies_ms), shown.plan, deployment, searched)
 
 
 def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
-             progress: Progress | None = None) -> list[PolicyResult]:
-    """Every policy in ``policies`` on the scenario's request stream; see the module docstring."""
+             progress: Progress | None = None, stream: Stream | None = None) -> list[PolicyResult]:
+    """Every policy in ``policies`` on the scenario's request stream (``stream``, if the caller
+    made it already with `make_stream`); see the module docstring."""
     policies = list(policies)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise GraftError(f"unknown policies {unknown}: expected some of {list(POLICIES)}")
-    stream = make_stream(scenario)
+    stream = stream or make_stream(scenario)
     results = []
     for name in policies:
         if name == "bound":
@@ -395,7 +420,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
                                      scenario.quantiles, scenario.partitioning, scenario.replan_s)
-            results.append(result(name, policy_stream, best, runs))
+            results.append(result(name, policy_stream, best, runs, scenario.profile))
         if progress:
             progress(name)
     return results
