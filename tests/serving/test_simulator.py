@@ -48,10 +48,13 @@ def test_every_policy_reports_every_figure_and_the_bound_is_lowest():
         assert r.p50_ms <= r.p99_ms <= 2000  # answered requests all met the 2 s SLO
         assert r.dropped + len(r.latencies_ms) == r.requests
         assert r.plan is not None and math.isclose(r.plan.total_share, r.share)
+        assert r.attainable_attainment >= 0.99 and r.gpus == r.deployment.gpus >= math.ceil(r.share - 1e-9)
+        assert r.extrapolated == any(g.extrapolated for g in r.plan.groups)
     assert all(res["bound"].share <= res[name].share for name in ("graft", "per-fragment", "full-model"))
     assert res["bound"].requests == res["graft"].requests == res["per-fragment"].requests
-    assert set(res["bound"].to_json()) == {"name", "share", "slo_attainment", "goodput_rps", "p50_ms",
-                                           "p99_ms", "dropped", "requests", "attainable"}
+    assert set(res["bound"].to_json()) == {"name", "share", "gpus", "slo_attainment", "attainable_attainment",
+                                           "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests", "attainable",
+                                           "extrapolated"}
 
 
 def test_full_model_sends_every_request_at_the_raw_input():
