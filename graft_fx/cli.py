@@ -27,7 +27,7 @@ from typing import Callable
 from .errors import GraftError
 
 DEFAULTS = {"model": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
-            "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0, "cv": 1.0,
+            "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0, "seeds": 1, "cv": 1.0,
             "upload": "fp16", "jpeg_quality": 90, "devices": "fitted",
             "private_input": False}
 
@@ -146,7 +146,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--replan-s", type=POSITIVE, metavar="SECONDS",
                    help="re-plan every so many seconds on the rates of the window before, instead of "
                         "planning once for the whole run; shares are then averaged over time")
-    s.add_argument("--seed", type=SEED, default=DEFAULTS["seed"])
+    s.add_argument("--seed", type=SEED, default=DEFAULTS["seed"], help="the first seed (default: %(default)s)")
+    s.add_argument("--seeds", type=COUNT, default=DEFAULTS["seeds"],
+                   help="seeds to simulate (phones, trace offsets, arrivals); the table shows the first, and a "
+                        "second table each policy's median with its confidence interval (default: %(default)s)")
     s.add_argument("--json", type=_output, metavar="PATH", help="write the results as JSON")
     s.add_argument("--plot", type=_output, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
     return p
@@ -159,11 +162,15 @@ def simulate(args: argparse.Namespace) -> int:
     from .serving.devices import DEVICES, PHONE_SPEEDS
     from .serving.partitions import for_device
     from .serving.resolve import profile_for, trace_for
-    from .serving.simulator import Scenario, make_stream, simulate as run
+    from .serving.seeds import MIN_DURATION_BUDGETS, over_seeds
+    from .serving.simulator import Scenario
     from .serving.uploads import Upload
     from .serving.workload import make_clients, model_costs
 
     policies = args.policies
+    if args.duration_s < MIN_DURATION_BUDGETS * args.slo_ms / 1e3:
+        raise GraftError(f"--duration-s {args.duration_s:g} with --slo-ms {args.slo_ms:g}: expected a run of at "
+                         f"least {MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * args.slo_ms / 1e3:g} s)")
     trace = trace_for(args.trace, args.trace_format)
     model, example = zoo.build(args.model)
     with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
@@ -171,22 +178,30 @@ def simulate(args: argparse.Namespace) -> int:
         profile = profile_for(args.profile, args.model, model, example, progress=bar)
     costs = model_costs(model, example, Upload(args.upload, args.jpeg_quality))
     devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
-    clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=args.seed)
-    scenario = Scenario(profile, costs, tuple(clients), args.duration_s, args.seed, replan_s=args.replan_s,
+
+    def scenario(seed: int) -> Scenario:
+        clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=seed)
+        return Scenario(profile, costs, tuple(clients), args.duration_s, seed, replan_s=args.replan_s,
                         private_input=args.private_input)
-    stream = make_stream(scenario)
-    with tqdm(desc="simulating", total=len(policies), unit="policy", file=sys.stderr) as bar:
-        results = run(scenario, policies, progress=lambda name: bar.update(), stream=stream)
+
+    seeds = range(args.seed, args.seed + args.seeds)
+    with tqdm(desc="simulating", total=len(policies) * len(seeds), unit="policy", file=sys.stderr) as bar:
+        summaries, stream = over_seeds(scenario, seeds, policies, progress=lambda name: bar.update())
+    results = [s.results[0] for s in summaries]
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
               "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "partitions": str(scenario.partitioning or for_device(profile.device)),
-              "seed": args.seed, "replan_s": args.replan_s, "cv": args.cv,
+              "device": profile.device, "partitions": str(for_device(profile.device)),
+              "seed": args.seed, "seeds": args.seeds, "replan_s": args.replan_s, "cv": args.cv,
               "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
               "private_input": args.private_input}
     print(report.table(config, results, profile.fragments, stream))
+    if len(seeds) > 1:
+        print("\n" + report.seeds_table(summaries))
     if args.json:
-        args.json.write_text(json.dumps(report.to_json(config, results, profile.fragments, stream), indent=1))
+        doc = report.to_json(config, results, profile.fragments, stream)
+        doc["over_seeds"] = [s.to_json() for s in summaries]
+        args.json.write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(config, results, args.plot)

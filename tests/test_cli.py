@@ -10,7 +10,7 @@ import pytest
 from graft_fx.cli import main
 from graft_fx.serving import profiles
 
-SMALL = ["simulate", "--clients", "40", "--duration-s", "5", "--rate", "2"]
+SMALL = ["simulate", "--clients", "40", "--duration-s", "8", "--slo-ms", "500", "--rate", "2"]
 
 
 def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
@@ -107,3 +107,14 @@ def test_a_malformed_profile_file_is_one_line_naming_it(tmp_path, capsys):
     assert main([*SMALL, "--profile", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"graft: error: latency profile {path}: models.resnet50.pieces[0]: missing field 'latency_ms'"
+
+
+def test_several_seeds_add_medians_with_intervals_and_short_runs_are_refused(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main([*SMALL, "--seeds", "2", "--policies", "graft,per-fragment", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "over 2 seeds: median [interval" in printed
+    doc = json.loads(out.read_text())
+    assert [s["seeds"] for s in doc["over_seeds"]] == [2, 2] and doc["config"]["seeds"] == 2
+    assert main([*SMALL, "--duration-s", "1", "--slo-ms", "500"]) == 2
+    assert "--duration-s 1 with --slo-ms 500: expected a run of at least 10 times the SLO" in capsys.readouterr().err

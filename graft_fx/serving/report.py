@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from .planner import Plan
+from .seeds import Summary
 from .simulator import POLICIES, PolicyResult, Stream
+from .stats import Median
 
 COLUMNS = ("policy", "GPUs", "share", "vs graft", "on time", "on time (attainable)", "goodput/s", "p50 ms",
            "p99 ms", "dropped")
@@ -124,6 +126,24 @@ def describe_plan(plan: Plan, fragments: Sequence[str]) -> list[str]:
         star = "*" if any(plan.groups[g].extrapolated for g in p.groups) else ""
         lines.append(f"{count} x {name(p.share)}{star}: {groups}{turns}, cycle {cycle:.1f} ms")
     return lines
+
+
+def seeds_table(summaries: Sequence[Summary]) -> str:
+    """Each policy's median over seeds with its confidence interval (`seeds.over_seeds`)."""
+    head = ("policy", "reached", "share", "vs graft", "GPUs", "on time (attainable)")
+    rows = [head] + [(s.name, f"{s.reached}/{len(s.results)}", _median(s.share, ".3f"), _median(s.vs_graft, ".2f"),
+                      _median(s.gpus, ".0f"), _median(s.attainable_attainment, ".1%")) for s in summaries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    coverage = next((s.share.coverage for s in summaries if s.share is not None), None)
+    note = (f"over {len(summaries[0].results)} seeds: median [interval covering the true median with "
+            f"probability {coverage:.1%}], of the seeds where the policy reached the target" if coverage else "")
+    return "\n".join([note] + lines)
+
+
+def _median(m: Median | None, fmt: str) -> str:
+    return "-" if m is None else f"{format(m.value, fmt)} [{format(m.low, fmt)}, {format(m.high, fmt)}]"
 
 
 def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
