@@ -44,9 +44,10 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..errors import GraftError
 from .requests import Request
@@ -55,6 +56,10 @@ HOPELESS = "hopeless"  # budget below its latency alone from the moment it arriv
 EXPIRED = "expired"    # could have made it at arrival, but queueing used up its slack
 
 Latency = Callable[[Sequence[Request]], float]  # a batch's service time
+
+# A request's key: the tuple of the fields `Request` orders, compares and hashes by, so keys
+# order, compare and hash exactly as their requests do, at the speed of plain tuples.
+_key = operator.attrgetter(*(f.name for f in fields(Request) if f.compare))
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class Decision:
 
     start: tuple[Request, ...] = ()
     dropped: tuple[Drop, ...] = ()
+
+
+_NOTHING = Decision()  # what most polls decide
 
 
 @dataclass
@@ -93,7 +101,22 @@ class Stats:
 
 
 class BatchQueue:
-    """The EDF queue of one group; see the module docstring for the policy."""
+    """The EDF queue of one group; see the module docstring for the policy.
+
+    A simulator replays millions of requests through these queues, so the bookkeeping is kept
+    cheap without changing a decision:
+
+    - The queue is kept twice, in the same EDF order: the requests, and their *keys*, the tuples
+      `Request` orders and compares by (`_key`). Inserting and deleting bisect the keys, which
+      compare as plain tuples, where the requests would compare through Python-level dataclass
+      methods; the same goes for the membership set and the drop heap, which hold keys. Keys
+      order, compare and hash exactly as their requests do, so every decision is the same.
+    - ``latency(k)`` is remembered per k, and forgotten only for the prefixes a change touched:
+      an arrival inserted at position i, or a drop at i, leaves the first i requests, and so
+      every ``latency(k)`` with ``k <= i``, as they were. The candidate's binary search probes
+      the same k as it would without the memory; the memory only saves calling ``latency``
+      again on a prefix it has already priced.
+    """
 
     def __init__(self, latency: Latency, max_batch: int, eager: bool = False):
         if max_batch < 1:
@@ -103,10 +126,12 @@ class BatchQueue:
         self.eager = eager
         self.stats = Stats()
         self._queue: list[Request] = []  # sorted: EDF order
-        self._members: set[Request] = set()  # the same requests, for membership
-        self._alone: list[tuple[float, Request]] = []  # heap of (latest start alone, request);
-        # entries of requests that left the queue stay until they reach the top
+        self._keys: list[tuple] = []  # their keys, in the same order
+        self._members: set[tuple] = set()  # the same keys, for membership
+        self._alone: list[tuple[float, tuple, Request]] = []  # heap of (latest start alone, key,
+        # request); entries of requests that left the queue stay until they reach the top
         self._prefix: dict[int, float] = {}  # k -> latency of the first k queued requests
+        self._batch_s = 0.0  # latency of the batch the last poll started
         self._now = -math.inf
         self._busy_until = -math.inf     # as of the last poll, or the batch that poll started
 
@@ -121,10 +146,14 @@ class BatchQueue:
     def arrive(self, request: Request, now: float) -> None:
         """Queue ``request``; the caller polls before ``now`` moves on."""
         self._advance(now)
-        bisect.insort(self._queue, request)
-        self._prefix.clear()
-        self._members.add(request)
-        heapq.heappush(self._alone, (request.deadline_s - self.latency((request,)), request))
+        key = _key(request)
+        i = bisect.bisect_right(self._keys, key)  # after equal keys, as `bisect.insort` does
+        self._keys.insert(i, key)
+        self._queue.insert(i, request)
+        if i < len(self._queue) - 1:  # not last: the prefixes longer than i changed
+            self._forget(i)
+        self._members.add(key)
+        heapq.heappush(self._alone, (request.deadline_s - self.latency((request,)), key, request))
         self.stats.arrived += 1
 
     def poll(self, now: float, busy_until: float) -> Decision:
@@ -139,10 +168,10 @@ class BatchQueue:
         batch: tuple[Request, ...] = ()
         if now >= busy_until and self._queue and self._dispatch_time(now) <= now:
             batch = self._dispatch()
-            busy_until = now + self.latency(batch)
+            busy_until = now + self._batch_s
             dropped += self._drop(busy_until, now)
         self._busy_until = busy_until
-        return Decision(batch, dropped)
+        return Decision(batch, dropped) if batch or dropped else _NOTHING
 
     def next_wakeup(self, now: float) -> float | None:
         """When to poll next if nothing arrives: the earliest time at which a poll would act.
@@ -153,9 +182,10 @@ class BatchQueue:
         if not self._queue:
             return None
         start = max(now, self._busy_until)
-        while self._alone[0][1] not in self._members:
-            heapq.heappop(self._alone)
-        if start > self._alone[0][0]:
+        alone, members = self._alone, self._members
+        while alone[0][1] not in members:
+            heapq.heappop(alone)
+        if start > alone[0][0]:
             return now
         return self._dispatch_time(start)
 
@@ -164,6 +194,11 @@ class BatchQueue:
             raise GraftError(f"the clock went backwards: {now} after {self._now}")
         self._now = now
 
+    def _forget(self, i: int) -> None:
+        """The queue changed at position ``i``: forget the latency of the prefixes longer than i."""
+        if self._prefix:
+            self._prefix = {k: s for k, s in self._prefix.items() if k <= i}
+
     def _drop(self, start: float, now: float) -> tuple[Drop, ...]:
         """Drop the queued requests that cannot meet their deadline when started at ``start``:
         those whose latest start alone is before it.
@@ -171,17 +206,33 @@ class BatchQueue:
         Latency alone differs between fragment types, so they need not be a prefix of EDF order;
         a heap on the latest start alone finds them without scanning the queue.
         """
+        alone = self._alone
+        if not alone or not start > alone[0][0]:
+            return ()
+        members = self._members
         drops = []
-        while self._alone and start > self._alone[0][0]:
-            latest, r = heapq.heappop(self._alone)
-            if r in self._members:
+        while alone and start > alone[0][0]:
+            latest, key, r = heapq.heappop(alone)
+            if key in members:
                 drops.append(Drop(r, now, HOPELESS if r.arrival_s > latest else EXPIRED))
         if not drops:
             return ()
-        gone = {d.request for d in drops}
-        self._members -= gone
-        self._queue = [r for r in self._queue if r not in gone]
-        self._prefix.clear()
+        gone = {_key(d.request) for d in drops}
+        members -= gone
+        keys, queue = self._keys, self._queue
+        first = len(keys)  # the first position that changed
+        for key in gone:
+            lo = bisect.bisect_left(keys, key)
+            hi = bisect.bisect_right(keys, key, lo)
+            if hi == lo or any(k != key for k in keys[lo:hi]):  # keys that do not order (a
+                # NaN) mislead bisection: filter the whole queue instead
+                kept = [j for j, k in enumerate(keys) if k not in gone]
+                first = min(first, next((j for j, k in enumerate(keys) if k in gone), first))
+                self._keys, self._queue = [keys[j] for j in kept], [queue[j] for j in kept]
+                break
+            del keys[lo:hi], queue[lo:hi]
+            first = min(first, lo)
+        self._forget(first)
         self.stats.drops.update(d.reason for d in drops)
         return tuple(drops)
 
@@ -191,11 +242,15 @@ class BatchQueue:
         A longer prefix never takes less time, so the fitting prefixes are the ones up to some
         length: binary search for it.
         """
-        deadline = self._queue[0].deadline_s
-        lo, hi = 1, min(self.max_batch, len(self._queue))  # prefix lo fits; find the longest
+        queue, prefix = self._queue, self._prefix
+        deadline = queue[0].deadline_s
+        lo, hi = 1, min(self.max_batch, len(queue))  # prefix lo fits; find the longest
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if start <= deadline - self._prefix_s(mid):
+            s = prefix.get(mid)  # _prefix_s(mid), inlined: this is the simulator's inner loop
+            if s is None:
+                s = prefix[mid] = self.latency(queue[:mid])
+            if start <= deadline - s:
                 lo = mid
             else:
                 hi = mid - 1
@@ -211,18 +266,21 @@ class BatchQueue:
         return self._queue[0].deadline_s - self._prefix_s(k)
 
     def _prefix_s(self, k: int) -> float:
-        """The latency of the first ``k`` queued requests, remembered until the queue changes."""
-        if k not in self._prefix:
-            self._prefix[k] = self.latency(self._queue[:k])
-        return self._prefix[k]
+        """The latency of the first ``k`` queued requests, remembered until they change."""
+        s = self._prefix.get(k)
+        if s is None:
+            s = self._prefix[k] = self.latency(self._queue[:k])
+        return s
 
     def _dispatch(self) -> tuple[Request, ...]:
-        batch = tuple(self._queue[:self._candidate_size(self._now)])
-        del self._queue[:len(batch)]
+        k = self._candidate_size(self._now)
+        batch = tuple(self._queue[:k])
+        self._batch_s = self._prefix_s(k)
+        self._members.difference_update(self._keys[:k])
+        del self._queue[:k], self._keys[:k]
         self._prefix.clear()
-        self._members.difference_update(batch)
-        self.stats.dispatched += len(batch)
-        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.dispatched += k
+        self.stats.batch_sizes[k] += 1
         return batch
 
 
@@ -256,20 +314,26 @@ def run_offline(requests: Iterable[Request], latency: Latency, max_batch: int,
     queue = BatchQueue(latency, max_batch, eager)
     batches: list[Batch] = []
     drops: list[Drop] = []
-    busy_until, i = -math.inf, 0
+    busy_until, i, n = -math.inf, 0, len(arrivals)
     now = arrivals[0].arrival_s if arrivals else 0.0
-    while i < len(arrivals) or len(queue):
-        while i < len(arrivals) and arrivals[i].arrival_s <= now:
+    while i < n or queue._queue:
+        while i < n and arrivals[i].arrival_s <= now:
             queue.arrive(arrivals[i], now)
             i += 1
         decision = queue.poll(now, busy_until)
-        drops += decision.dropped
+        if decision.dropped:
+            drops += decision.dropped
         if decision.start:
-            busy_until = now + latency(decision.start)
+            busy_until = queue._busy_until  # now + latency(decision.start), as the poll priced it
             batches.append(Batch(now, decision.start, busy_until))
-        events = [queue.next_wakeup(now), busy_until if busy_until > now else None,
-                  arrivals[i].arrival_s if i < len(arrivals) else None]
-        later = min((t for t in events if t is not None), default=math.inf)
+        # the earliest of the next wakeup, the executor freeing and the next arrival
+        later = queue.next_wakeup(now)
+        if later is None:
+            later = math.inf
+        if now < busy_until < later:
+            later = busy_until
+        if i < n and arrivals[i].arrival_s < later:
+            later = arrivals[i].arrival_s
         assert later > now or decision.start, f"the batching policy stalled at {now}"
         now = later
     return Outcome(tuple(batches), tuple(drops), queue.stats)

@@ -7,6 +7,7 @@ realigned group's batches do.
 """
 
 import math
+import random
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -137,6 +138,22 @@ def test_nothing_starts_while_the_executor_is_busy():
     assert queue.poll(0.0, busy_until=3.0) == Decision()
     assert queue.next_wakeup(0.0) == 3.0  # full: it starts as soon as the executor is free
     assert len(queue.poll(3.0, busy_until=3.0).start) == 2
+
+
+def test_a_late_poll_prices_the_queue_without_the_requests_it_dropped():
+    """A wall-clock caller may poll after the wakeup it was told. B (expensive alone, latest start
+    6.5) expires at that late poll; A and C, cheap, then fit together until 10 - 1 = 9, so the
+    queue keeps waiting for arrivals rather than starting A alone."""
+    latency = Mixed(1.0, (0.0, 3.0))
+    a, b, c = Request(10.0, 0.0, 0, 0), Request(10.5, 0.0, 1, 1), Request(11.0, 0.0, 2, 0)
+    queue = BatchQueue(latency, max_batch=8)
+    for r in (a, b, c):
+        queue.arrive(r, 0.0)
+    assert queue.poll(0.0, busy_until=0.0) == Decision()
+    assert queue.next_wakeup(0.0) == 10.0 - 4.0  # all three ride: latency 1 + 3
+    assert queue.poll(7.0, busy_until=0.0) == Decision(dropped=(Drop(b, 7.0, EXPIRED),))
+    assert queue.next_wakeup(7.0) == 9.0
+    assert queue.poll(9.0, busy_until=0.0) == Decision(start=(a, c))
 
 
 def test_bad_calls_raise():
@@ -285,3 +302,133 @@ def test_without_deadlines_nothing_is_dropped_and_batches_are_as_large_as_allowe
             assert len(b.requests) == min(max_batch, queued)
         elif i < len(out.batches) - 1:
             assert len(b.requests) == max_batch
+
+
+# The queue against a reference: the same policy with no data structure.
+
+@dataclass(frozen=True)
+class Pieces:
+    """latency(batch) as a realigned group prices it (`simulator.group_latency`): piece i runs
+    on the rows of every request whose fragment type is at most i, ``table[i][rows]`` each."""
+
+    table: tuple  # per piece, non-decreasing in rows, table[i][0] == 0
+
+    def __call__(self, batch):
+        rows = [0] * len(self.table)
+        for r in batch:
+            rows[r.fragment] += 1
+        total, n = 0.0, 0
+        for piece, k in zip(self.table, rows):
+            n += k
+            total += piece[n]
+        return total
+
+
+def reference(reqs, latency, max_batch, eager):
+    """`run_offline` as the module docstring states the policy, recomputed from scratch at every
+    event: the queue is re-sorted, scanned for drops, and every prefix is priced, with no memory
+    between polls. Returns batches as (start, ids, finish) and drops as (id, at, reason)."""
+    arrivals = sorted(reqs, key=lambda r: (r.arrival_s, r.id))
+    queue, batches, drops = [], [], []
+    busy, i, now = -math.inf, 0, arrivals[0].arrival_s if arrivals else 0.0
+
+    def latest(r):
+        return r.deadline_s - latency((r,))
+
+    def drop(start):  # in order of latest start alone, then EDF order
+        for r in sorted((r for r in queue if start > latest(r)), key=lambda r: (latest(r), r)):
+            queue.remove(r)
+            drops.append((r.id, now, HOPELESS if r.arrival_s > latest(r) else EXPIRED))
+
+    def candidate(start):  # the longest EDF prefix, up to max_batch, that meets the head's deadline
+        queue.sort()
+        k = 1
+        while k < min(max_batch, len(queue)) and start <= queue[0].deadline_s - latency(queue[:k + 1]):
+            k += 1
+        return k
+
+    def dispatch_time(start):
+        k = candidate(start)
+        if eager or k < len(queue) or k == max_batch:
+            return start
+        return queue[0].deadline_s - latency(queue[:k])
+
+    while i < len(arrivals) or queue:
+        while i < len(arrivals) and arrivals[i].arrival_s <= now:
+            queue.append(arrivals[i])
+            i += 1
+        drop(max(now, busy))
+        if now >= busy and queue and dispatch_time(now) <= now:
+            batch = queue[:candidate(now)]
+            del queue[:len(batch)]
+            busy = now + latency(batch)
+            batches.append((now, [r.id for r in batch], busy))
+            drop(busy)
+        events = [busy if busy > now else None, arrivals[i].arrival_s if i < len(arrivals) else None]
+        if queue:
+            start = max(now, busy)
+            events.append(now if any(start > latest(r) for r in queue) else dispatch_time(start))
+        now = min((t for t in events if t is not None), default=math.inf)
+    return batches, drops
+
+
+def assert_matches_reference(reqs, latency, max_batch, eager):
+    out = run_offline(reqs, latency, max_batch, eager)
+    batches, drops = reference(reqs, latency, max_batch, eager)
+    assert [(b.start_s, ids(b), b.finish_s) for b in out.batches] == batches
+    assert [(d.request.id, d.at_s, d.reason) for d in out.drops] == drops
+
+
+@st.composite
+def tied_scenarios(draw):
+    """(requests, latency, max_batch, eager) on a grid of quarters, which binary floats hold
+    exactly: deadlines, arrivals, latest starts and batch finishes tie often, and a batch often
+    starts exactly at its latest start. Latencies include the realigned-group shape."""
+    max_batch = draw(st.integers(1, 8))
+    quarter = st.integers(0, 4).map(lambda q: q / 4)
+    kind = draw(st.sampled_from(["linear", "mixed", "pieces"]))
+    if kind == "linear":
+        latency = Linear(draw(st.integers(1, 4)) / 4, draw(quarter))
+    elif kind == "mixed":
+        latency = Mixed(draw(st.integers(1, 4)) / 4, tuple(draw(st.lists(quarter, min_size=FRAGMENTS,
+                                                                            max_size=FRAGMENTS))))
+    else:
+        steps = st.lists(quarter, min_size=max_batch, max_size=max_batch)
+        latency = Pieces(tuple(tuple(accumulate(draw(steps), initial=0.0)) for _ in range(FRAGMENTS)))
+    n = draw(st.integers(0, 40))
+    gaps = draw(st.lists(st.sampled_from([0.0, 0.0, 0.25, 0.5, 1.0]), min_size=n, max_size=n))
+    budgets = draw(st.lists(st.integers(0, 16).map(lambda q: q / 4), min_size=n, max_size=n))
+    fragments = draw(st.lists(st.integers(0, FRAGMENTS - 1), min_size=n, max_size=n))
+    reqs = [Request(t + budget, t, i, f)
+            for i, (t, budget, f) in enumerate(zip(accumulate(gaps), budgets, fragments))]
+    return draw(st.permutations(reqs)), latency, max_batch, draw(st.booleans())
+
+
+@given(scenarios())
+def test_run_offline_matches_the_reference(scenario):
+    assert_matches_reference(*scenario)
+
+
+@given(tied_scenarios())
+def test_run_offline_matches_the_reference_when_times_tie(scenario):
+    assert_matches_reference(*scenario)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_streams_match_the_reference(seed):
+    """Long queues, overload and idle spells: Poisson arrivals at 0.5 to 3 times what the
+    largest batch can serve, budgets from hopeless to ten batch times, mixed fragment types."""
+    rng = random.Random(seed)
+    max_batch = rng.choice([4, 8, 16])
+    latency = Pieces(tuple(tuple(accumulate((rng.uniform(0.0, 0.05) for _ in range(max_batch)),
+                                            initial=0.0)) for _ in range(FRAGMENTS)))
+    full = latency([Request(0.0, 0.0, 0, 0)] * max_batch)
+    rate = rng.uniform(0.5, 3.0) * max_batch / full
+    t, reqs = 0.0, []
+    for i in range(1500):
+        t += rng.expovariate(rate)
+        reqs.append(Request(t + rng.uniform(0.2, 10.0) * full, t, i, rng.randrange(FRAGMENTS)))
+    eager = seed % 3 == 2
+    assert_matches_reference(reqs, latency, max_batch, eager)
+    out = run_offline(reqs, latency, max_batch, eager)
+    assert out.drops and len(out.batches) > 50  # the stream exercised dropping and batching
