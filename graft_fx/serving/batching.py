@@ -36,7 +36,9 @@ Feasibility is always tested as ``start <= deadline - latency(n)``, never as
 ``start + latency(n) <= deadline``: the latest start is computed by the same subtraction, so a
 batch started exactly at its latest start is feasible by construction, not by rounding luck. Drops
 are final and judged on the profile; a caller whose executor finishes early still passes the true
-``busy_until`` to the next poll. `run_offline` is the reference driver on a virtual clock.
+``busy_until`` to the next poll. `run_offline` is the reference driver on a virtual clock, and
+`run_shared` drives several groups' queues that take turns on one executor (a time-shared
+partition).
 """
 
 from __future__ import annotations
@@ -337,3 +339,47 @@ def run_offline(requests: Iterable[Request], latency: Latency, max_batch: int,
         assert later > now or decision.start, f"the batching policy stalled at {now}"
         now = later
     return Outcome(tuple(batches), tuple(drops), queue.stats)
+
+
+def run_shared(groups: Sequence[tuple[Iterable[Request], Latency]], max_batch: int) -> list[Outcome]:
+    """Serve several groups that take turns on one executor (a time-shared partition) on a
+    virtual clock; one `Outcome` per group, in order.
+
+    Each group keeps its own EDF `BatchQueue`, work-conserving (``eager``): whenever the executor
+    is free, the queue whose most urgent request has the earliest deadline starts its candidate
+    batch. Waiting for a latest start, as a queue alone on its executor does, would let another
+    group's batch take the executor at that moment; starting at once, the queues' batches follow
+    each other as the load comes, which is the cycle of turns the planner sized the partition for.
+    """
+    queues = [BatchQueue(latency, max_batch, eager=True) for _, latency in groups]
+    arrivals = sorted((r.arrival_s, r.id, k, r) for k, (requests, _) in enumerate(groups) for r in requests)
+    batches: list[list[Batch]] = [[] for _ in queues]
+    drops: list[list[Drop]] = [[] for _ in queues]
+    busy_until, i, n = -math.inf, 0, len(arrivals)
+    now = arrivals[0][0] if arrivals else 0.0
+
+    def urgency(k: int) -> tuple[float, int]:
+        return (queues[k]._queue[0].deadline_s if queues[k]._queue else math.inf, k)
+
+    while i < n or any(q._queue for q in queues):
+        while i < n and arrivals[i][0] <= now:
+            queues[arrivals[i][2]].arrive(arrivals[i][3], now)
+            i += 1
+        started = None
+        for k in sorted(range(len(queues)), key=urgency):
+            decision = queues[k].poll(now, busy_until)
+            drops[k] += decision.dropped
+            if decision.start:
+                busy_until = queues[k]._busy_until
+                batches[k].append(Batch(now, decision.start, busy_until))
+                started = k
+        if started is not None:  # the queues polled before it saw the executor free
+            for k, q in enumerate(queues):
+                if k != started:
+                    drops[k] += q.poll(now, busy_until).dropped
+        events = [q.next_wakeup(now) for q in queues] + [busy_until if busy_until > now else None,
+                                                         arrivals[i][0] if i < n else None]
+        later = min((t for t in events if t is not None), default=math.inf)
+        assert later > now or started is not None, f"the batching policy stalled at {now}"
+        now = later
+    return [Outcome(tuple(b), tuple(d), q.stats) for b, d, q in zip(batches, drops, queues)]

@@ -44,7 +44,8 @@ latency is fixed and the best replica count is the least that keeps up, ``r = ce
 grid of ``u`` (from a thousandth of the smallest budget to the largest, about 16% apart, one grid
 for all groups), with no search over ``r``. As the grid depends on budgets and never on rates,
 more load gives more rows at every grid point, hence a larger ``latency`` and ``r``: **more load
-never needs less share**, exactly, not just up to the search's luck.
+never needs less share** from the grouping, exactly, not just up to the search's luck. (Time
+sharing, below, is a greedy packing on top and carries no such guarantee; nothing relies on one.)
 
 **Evaluating groups cheaply.** The profile interpolates linearly in share between measured shares
 (and as ``1 / share`` below the smallest), with the same weights for every piece and batch; so
@@ -63,6 +64,12 @@ along most cheaply are the ones between its shallowest and deepest members, and 
 keep the search polynomial where general partitions are not. Singleton runs are always candidates
 (evaluated by the same code in both modes), so ``realign=True`` never needs more share than
 ``realign=False``, the one instance per fragment type baseline.
+
+**Time sharing** (`_time_share`, on by default). Partitions are coarse (8 of 132 SMs on an
+H200), so a light group alone would leave most of its partition idle. After grouping,
+single-replica groups may take turns on one partition within a common duty cycle, as Nexus packs
+models onto a GPU ("squishy bin packing"); each partition of the `Plan` lists the groups it runs.
+Both policies get it: per-fragment instances take turns just as realigned groups do.
 
 `fluid_bound` is the throughput-only lower bound, and `Replanner` re-plans when rates drift.
 """
@@ -171,7 +178,7 @@ class Plan:
 
 
 def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
-         partitioning: Partitioning | None = None, time_sharing: bool = False) -> Plan:
+         partitioning: Partitioning | None = None, time_sharing: bool = True) -> Plan:
     """The least-share plan for ``demands`` on ``profile``; see the module docstring.
 
     ``realign=False`` gives every type its own instance (the per-fragment baseline). Groups are

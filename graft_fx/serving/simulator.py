@@ -20,8 +20,9 @@ many fragment types, since an encoded image (a 16 kB JPEG) is smaller than most 
   every attainable request at the best batch efficiency the profile knows (`planner.fluid_bound`).
   It is not simulated. Since every plan keeps up with its load, no policy's share is below it.
 
-Each instance (one replica of one group) is a `BatchQueue` with its own executor on its share,
-served by `run_offline`; a group's requests go to its replicas in turn, in arrival order.
+Each instance (one replica of one group) is a `BatchQueue` on its plan's partition, served by
+`run_offline` when it has the partition to itself and by `run_shared` when several groups take
+turns on it (time sharing); a group's requests go to its replicas in turn, in arrival order.
 
 **Re-planning** (``replan_s``): instead of one plan for the whole run, a `Replanner` looks at the
 rates of each window of ``replan_s`` seconds and re-plans for the next window when they drifted
@@ -63,7 +64,7 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import GraftError
-from .batching import Latency, run_offline
+from .batching import Latency, run_offline, run_shared
 from .deployment import Deployment, deploy
 from .partitions import Partitioning, for_device
 from .planner import Demand, Plan, Replanner, fluid_bound, least_budget, plan
@@ -276,8 +277,10 @@ def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
 
 
 def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run:
-    """Serve each request on the plan in force when it arrives: one instance per replica of each
-    group of each epoch (an instance drains its own queue when its epoch ends)."""
+    """Serve each request on the plan in force when it arrives: a group's requests go to its
+    replicas' partitions in turn, in arrival order; a partition of one group is one `BatchQueue`
+    on its own executor (`run_offline`), a time-shared one runs its groups' queues in turns
+    (`run_shared`). An instance drains its own queue when its epoch ends."""
     finish = np.full(len(stream.requests), np.nan)
     starts = [e.start_s for e in epochs]
     groups = [{f: g for g, group in enumerate(e.plan.groups) for f in group.fragments} for e in epochs]
@@ -287,13 +290,24 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run
         g = groups[k].get(r.fragment)
         if g is not None:  # a type without a plan (none of its requests attainable) drops
             routed.setdefault((k, g), []).append(r)
-    for (k, g), requests in routed.items():
-        group = epochs[k].plan.groups[g]
-        latency = group_latency(profile, sorted({r.fragment for r in requests}), group.share)
-        for replica in range(group.replicas):
-            outcome = run_offline(requests[replica::group.replicas], latency, profile.max_batch)
-            for request_id, t in outcome.completed_s().items():
-                finish[request_id] = t
+    for k, epoch in enumerate(epochs):
+        seats: dict[int, list[int]] = {}  # group -> the partitions of its replicas
+        for p, partition in enumerate(epoch.plan.partitions):
+            for g in partition.groups:
+                seats.setdefault(g, []).append(p)
+        share: dict[int, list] = {}  # partition -> (requests, latency) of each of its groups
+        for g, places in seats.items():
+            requests = routed.get((k, g), [])
+            latency = group_latency(profile, sorted({r.fragment for r in requests}) or [0],
+                                    epoch.plan.partitions[places[0]].share)
+            for replica, p in enumerate(places):
+                share.setdefault(p, []).append((requests[replica::len(places)], latency))
+        for turns in share.values():
+            outcomes = ([run_offline(*turns[0], profile.max_batch)] if len(turns) == 1
+                        else run_shared(turns, profile.max_batch))
+            for outcome in outcomes:
+                for request_id, t in outcome.completed_s().items():
+                    finish[request_id] = t
     return Run(tuple(epochs), finish, _end(stream))
 
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from graft_fx import GraftError
-from graft_fx.serving.batching import EXPIRED, HOPELESS, BatchQueue, Decision, Drop, run_offline
+from graft_fx.serving.batching import EXPIRED, HOPELESS, BatchQueue, Decision, Drop, run_offline, run_shared
 from graft_fx.serving.requests import Request
 
 
@@ -432,3 +432,39 @@ def test_long_streams_match_the_reference(seed):
     assert_matches_reference(reqs, latency, max_batch, eager)
     out = run_offline(reqs, latency, max_batch, eager)
     assert out.drops and len(out.batches) > 50  # the stream exercised dropping and batching
+
+
+# Several groups taking turns on one executor (run_shared).
+
+@given(scenarios(), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_shared_partitions_answer_every_request_once_one_batch_at_a_time(scenario, groups, rnd):
+    """Split a stream among groups with their own latency: every request leaves exactly once,
+    batches of different groups never overlap on the one executor, and every batch finishes by
+    the deadline of each of its requests."""
+    reqs, latency, max_batch, _ = scenario
+    parts = [[r for r in reqs if rnd.randrange(groups) == g] for g in range(groups)] if groups > 1 else [reqs]
+    outcomes = run_shared([(p, latency) for p in parts], max_batch)
+    for part, out in zip(parts, outcomes):
+        left = [r.id for b in out.batches for r in b.requests] + [d.request.id for d in out.drops]
+        assert sorted(left) == sorted(r.id for r in part)
+        for b in out.batches:
+            assert len(b.requests) <= max_batch
+            assert all(b.finish_s <= r.deadline_s + 1e-9 for r in b.requests)
+    spans = sorted((b.start_s, b.finish_s) for out in outcomes for b in out.batches)
+    assert all(a[1] <= b[0] + 1e-12 for a, b in zip(spans, spans[1:]))
+
+
+@given(scenarios())
+def test_one_group_alone_on_a_shared_partition_is_the_eager_queue(scenario):
+    reqs, latency, max_batch, _ = scenario
+    (shared,) = run_shared([(reqs, latency)], max_batch)
+    alone = run_offline(reqs, latency, max_batch, eager=True)
+    assert shared.batches == alone.batches and shared.drops == alone.drops
+
+
+def test_the_most_urgent_group_takes_the_free_executor():
+    """Two groups each with one request waiting: the executor goes to the earlier deadline first."""
+    unit = Linear(1.0, 0.0)
+    a, b = Request(10.0, 0.0, 0, 0), Request(5.0, 0.0, 1, 0)
+    out_a, out_b = run_shared([([a], unit), ([b], unit)], 4)
+    assert out_b.batches[0].start_s == 0.0 and out_a.batches[0].start_s == out_b.batches[0].finish_s
