@@ -129,13 +129,20 @@ class Stream:
                 budgets.setdefault(r.fragment, []).append(r.budget_s)
         return {f: np.array(b) for f, b in sorted(budgets.items())}
 
+    @cached_property
+    def fragment(self) -> np.ndarray:
+        return np.array([r.fragment for r in self.requests], dtype=int)
+
+    @cached_property
+    def end_s(self) -> float:
+        """When the last request arrives, or the sending ends if later."""
+        return max(self.duration_s, max((r.arrival_s for r in self.requests), default=0.0))
+
     def rates(self, attainable_only: bool = False) -> dict[int, float]:
         """Fragment type -> requests per second (of the attainable ones only, if asked)."""
-        counts: dict[int, int] = {}
-        for r, ok in zip(self.requests, self.attainable):
-            if ok or not attainable_only:
-                counts[r.fragment] = counts.get(r.fragment, 0) + 1
-        return {f: n / self.duration_s for f, n in sorted(counts.items())}
+        chosen = self.fragment[self.attainable] if attainable_only else self.fragment
+        types, counts = np.unique(chosen, return_counts=True)
+        return {int(f): int(n) / self.duration_s for f, n in zip(types, counts)}
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run
             for outcome in outcomes:
                 for request_id, t in outcome.completed_s().items():
                     finish[request_id] = t
-    return Run(tuple(epochs), finish, _end(stream))
+    return Run(tuple(epochs), finish, stream.end_s)
 
 
 def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, realign: bool,
@@ -385,13 +392,9 @@ def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequ
             key = tuple((e.start_s, e.plan) for e in epochs)
             if key not in seen:
                 seen.add(key)
-                out.append((Run(tuple(epochs), np.zeros(0), _end(stream)).total_share, epochs))
+                out.append((Run(tuple(epochs), np.zeros(0), stream.end_s).total_share, epochs))
     out.sort(key=lambda c: c[0])
     return out
-
-
-def _end(stream: Stream) -> float:
-    return max([stream.duration_s, *(r.arrival_s for r in stream.requests)])
 
 
 def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], profile: Profile) -> PolicyResult:
