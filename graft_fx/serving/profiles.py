@@ -267,7 +267,9 @@ def _share_slice(profile: Profile, share: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4096)
 def _table(profile: Profile, share: float, max_rows: int) -> np.ndarray:
-    t = _at_rows(_share_slice(profile, share), profile._knots, np.arange(max_rows + 1))
+    # interpolating between equal knots can round a cell a hair below the one before it; the
+    # batching policy relies on a batch never getting cheaper as it grows
+    t = np.maximum.accumulate(_at_rows(_share_slice(profile, share), profile._knots, np.arange(max_rows + 1)), axis=1)
     t.setflags(write=False)
     return t
 

@@ -175,3 +175,9 @@ def test_planning_uses_p99_service_times_where_measured():
     slower = dataclasses.replace(base, p99_s=base.latency_s * 1.5)
     assert np.allclose(slower.planning.latency_s, base.latency_s * 1.5)
     assert slower.planning.fragment_s(0, 1, 1.0) == pytest.approx(1.5 * base.fragment_s(0, 1, 1.0))
+
+
+@given(st.sampled_from(["resnet50", "vit_b_16", "mobilenet_v2"]), st.floats(0.01, 1.0))
+def test_tables_never_get_cheaper_as_a_batch_grows(model, share):
+    table = P.load(P.shipped()["h200"], model).table(share)
+    assert np.all(np.diff(table, axis=1) >= 0)
