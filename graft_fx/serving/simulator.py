@@ -381,18 +381,25 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
 def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequence[float],
                 partitioning: Partitioning, replan_s: float | None) -> list[tuple[float, list[Epoch]]]:
     """The distinct plans (epoch lists) of every (quantile, headroom), by total share; plans the
-    profile cannot make (more load than it can plan for) are left out."""
+    profile cannot make (more load than it can plan for) are left out.
+
+    With ``realign`` the per-fragment plans are candidates too: one instance per type is a
+    realigned deployment of singleton groups, and the planner, which sizes expected batches,
+    cannot tell which of two plans of one share the queues will serve better. So graft's least
+    share is never above per-fragment's on the same stream.
+    """
     seen, out = set(), []
-    for q in quantiles:
-        for alpha in ALPHAS:
-            try:
-                epochs = epochs_for(stream, profile, q, alpha, realign, partitioning, replan_s)
-            except GraftError:
-                break  # more load than the profile can plan for, and more headroom only adds load
-            key = tuple((e.start_s, e.plan) for e in epochs)
-            if key not in seen:
-                seen.add(key)
-                out.append((Run(tuple(epochs), np.zeros(0), stream.end_s).total_share, epochs))
+    for mode in dict.fromkeys((realign, False)):
+        for q in quantiles:
+            for alpha in ALPHAS:
+                try:
+                    epochs = epochs_for(stream, profile, q, alpha, mode, partitioning, replan_s)
+                except GraftError:
+                    break  # more load than the profile can plan for, and more headroom only adds load
+                key = tuple((e.start_s, e.plan) for e in epochs)
+                if key not in seen:
+                    seen.add(key)
+                    out.append((Run(tuple(epochs), np.zeros(0), stream.end_s).total_share, epochs))
     out.sort(key=lambda c: c[0])
     return out
 

@@ -163,3 +163,15 @@ def test_replanning_follows_the_windows_and_keeps_every_type_planned():
     assert epochs_for(stream, sc.profile, 0.01, 1.0, True, partitions.steps(0.01), None)[0].plan.total_share > 0
     replanned = {r.name: r for r in simulate(replace(sc, replan_s=2.0), ["graft", "per-fragment"])}
     assert all(r.share is not None and r.share > 0 for r in replanned.values())
+
+
+def test_graft_never_needs_more_share_than_per_fragment_on_one_stream():
+    """The graft search sees every per-fragment plan too, so on the same stream its least share is
+    at most per-fragment's, seed by seed."""
+    for seed in (0, 1):
+        sc = scenario(seed=seed)
+        stream = make_stream(sc)
+        graft, _ = least_share(stream, sc.profile, True, 0.99)
+        apart, _ = least_share(stream, sc.profile, False, 0.99)
+        assert graft is not None and apart is not None
+        assert graft.total_share <= apart.total_share + 1e-12
