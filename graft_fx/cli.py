@@ -90,6 +90,16 @@ def _profile(spec: str) -> str:
     return spec
 
 
+def _presets() -> list[str]:
+    """The GPU presets, each with where its latencies come from."""
+    from .serving import profiles
+    from .serving.roofline import ACCELERATORS
+
+    shipped = profiles.shipped()
+    return [f"{name}: measured for {', '.join(profiles.models_in(shipped[name]))}, else modelled" if name in shipped
+            else f"{name}: modelled" for name in sorted(ACCELERATORS) if name != "cpu"]
+
+
 def _output(text: str) -> Path:
     """A file to write: its folder must exist and it must not be a folder itself."""
     path = Path(text)
@@ -139,10 +149,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--duration-s", type=POSITIVE, default=DEFAULTS["duration_s"],
                    help="seconds of sending to simulate (default: %(default)s)")
     s.add_argument("--policies", type=_policies, default=list(POLICIES),
-                   help=f"comma-separated, of {', '.join(POLICIES)} (default: all)")
+                   help="comma-separated, of graft (realigned groups), per-fragment (one instance per fragment "
+                        "type), full-model (phones upload the image), bound (fluid lower bound) (default: all)")
     s.add_argument("--profile", type=_profile, default=DEFAULTS["profile"],
-                   help="a GPU preset (h200, a100, t4), cpu (measure this machine), or a JSON profile path "
-                        "(default: %(default)s: the shipped measured profile, else the roofline model)")
+                   help=f"a GPU preset ({', '.join(_presets())}), cpu (measure this machine), or a JSON "
+                        "profile path (default: %(default)s)")
+    s.add_argument("--mps", action="store_true",
+                   help="partition GPUs with MPS percentages instead of green contexts (SM counts)")
     s.add_argument("--replan-s", type=POSITIVE, metavar="SECONDS",
                    help="re-plan every so many seconds on the rates of the window before, instead of "
                         "planning once for the whole run; shares are then averaged over time")
@@ -178,11 +191,12 @@ def simulate(args: argparse.Namespace) -> int:
         profile = profile_for(args.profile, args.model, model, example, progress=bar)
     costs = model_costs(model, example, Upload(args.upload, args.jpeg_quality))
     devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
+    partitioning = for_device(profile.device, "mps" if args.mps else "green-context")
 
     def scenario(seed: int) -> Scenario:
         clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=seed)
-        return Scenario(profile, costs, tuple(clients), args.duration_s, seed, replan_s=args.replan_s,
-                        private_input=args.private_input)
+        return Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
+                        replan_s=args.replan_s, private_input=args.private_input)
 
     seeds = range(args.seed, args.seed + args.seeds)
     with tqdm(desc="simulating", total=len(policies) * len(seeds), unit="policy", file=sys.stderr) as bar:
@@ -191,7 +205,7 @@ def simulate(args: argparse.Namespace) -> int:
     config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
               "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
               "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "partitions": str(for_device(profile.device)),
+              "device": profile.device, "partitions": str(partitioning),
               "seed": args.seed, "seeds": args.seeds, "replan_s": args.replan_s, "cv": args.cv,
               "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
               "private_input": args.private_input}

@@ -118,3 +118,11 @@ def test_several_seeds_add_medians_with_intervals_and_short_runs_are_refused(tmp
     assert [s["seeds"] for s in doc["over_seeds"]] == [2, 2] and doc["config"]["seeds"] == 2
     assert main([*SMALL, "--duration-s", "1", "--slo-ms", "500"]) == 2
     assert "--duration-s 1 with --slo-ms 500: expected a run of at least 10 times the SLO" in capsys.readouterr().err
+
+
+def test_mps_partitions_are_whole_percentages(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main([*SMALL, "--mps", "--policies", "graft", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["config"]["partitions"].startswith("mps on NVIDIA H200")
+    assert all(g["partition"].endswith("%") for g in doc["policies"][0]["plan"]["groups"])
