@@ -7,7 +7,9 @@ Past its end a trace loops, as Mahimahi's ``mm-link`` replays its file, so it co
 ``times_s[i]`` (a cumulative sum, computed once), the upload ends at the first moment at which the
 megabits delivered since time 0 reach those delivered by the start plus the upload. Finding that
 moment is a binary search in ``cum`` and one division, and taking the *first* such moment means
-that a stretch of zero bandwidth is waited out rather than skipped.
+that a stretch of zero bandwidth is waited out rather than skipped. ``upload_times_s`` does the
+same for arrays of sizes and start times at once (the workload times every candidate upload of
+every send of a phone in one call), and ``upload_time_s`` is its one-upload case.
 
 Four file formats load into this model:
 
@@ -126,28 +128,36 @@ class Trace:
 
     def upload_time_s(self, nbytes: float, start_s: float = 0.0) -> float:
         """Seconds to upload ``nbytes`` bytes from ``start_s`` on, waiting out zero bandwidth."""
-        if not nbytes >= 0:
+        return float(self.upload_times_s(nbytes, start_s))
+
+    def upload_times_s(self, nbytes: float | np.ndarray, starts_s: float | np.ndarray) -> np.ndarray:
+        """`upload_time_s` elementwise over ``nbytes`` and ``starts_s`` (numbers or arrays that
+        broadcast together), computed at once and exactly as one at a time: float64 seconds.
+
+        Raises GraftError for a negative (or NaN) size and for a trace of zero bandwidth
+        throughout."""
+        nbytes, starts = np.asarray(nbytes), np.asarray(starts_s, dtype=np.float64)
+        if not np.all(nbytes >= 0):
             raise GraftError(f"upload of {nbytes} bytes: expected a non-negative size")
         if self._cum_mbit[-1] == 0:
             raise GraftError(f"trace {self.name!r} has zero bandwidth throughout: expected some")
-        if nbytes == 0:
-            return 0.0
-        end_s = self._time_of(self._mbit_by(float(start_s)) + nbytes * 8 / 1e6)
-        return max(float(end_s - start_s), 0.0)
+        ends = self._time_of(self._mbit_by(starts) + nbytes * 8 / 1e6)
+        return np.where(nbytes == 0, 0.0, np.maximum(ends - starts, 0.0))
 
-    def _mbit_by(self, t: float) -> float:
-        """Megabits delivered from time 0 to time ``t``."""
-        loops, u = divmod(t, self.duration_s)
-        i = int(np.searchsorted(self.times_s, u, side="right")) - 1
+    def _mbit_by(self, t: np.ndarray) -> np.ndarray:
+        """Megabits delivered from time 0 to each time in ``t``."""
+        loops, u = np.divmod(t, self.duration_s)
+        i = np.searchsorted(self.times_s, u, side="right") - 1
         return loops * self._cum_mbit[-1] + self._cum_mbit[i] + self.mbps[i] * (u - self.times_s[i])
 
-    def _time_of(self, mbit: float) -> float:
-        """The first time at which ``mbit`` megabits have been delivered since time 0."""
+    def _time_of(self, mbit: np.ndarray) -> np.ndarray:
+        """The first time at which each of ``mbit`` megabits has been delivered since time 0."""
         per_loop = self._cum_mbit[-1]
-        loops, rest = divmod(mbit, per_loop)
-        if rest == 0:  # reached by the end of a loop's last nonzero stretch, not in the next loop
-            loops, rest = loops - 1, per_loop
-        i = int(np.searchsorted(self._cum_mbit, rest, side="left")) - 1  # cum[i] < rest <= cum[i+1]
+        loops, rest = np.divmod(mbit, per_loop)
+        # rest == 0: reached by the end of a loop's last nonzero stretch, not in the next loop
+        at_end = rest == 0
+        loops, rest = np.where(at_end, loops - 1, loops), np.where(at_end, per_loop, rest)
+        i = np.searchsorted(self._cum_mbit, rest, side="left") - 1  # cum[i] < rest <= cum[i+1]
         return loops * self.duration_s + self.times_s[i] + (rest - self._cum_mbit[i]) / self.mbps[i]
 
 

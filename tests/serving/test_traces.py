@@ -1,5 +1,5 @@
-"""Trace loaders on the real files, against their README figures; upload times by hand and by
-property; malformed files."""
+"""Trace loaders on the real files, against their README figures; upload times by hand, by
+property and vectorised (exactly equal to one at a time); malformed files."""
 
 import filecmp
 import re
@@ -275,6 +275,100 @@ def test_back_to_back_uploads_add_up(trace, a, b, start):
     t_a = trace.upload_time_s(a, start)
     assert t_a + trace.upload_time_s(b, start + t_a) == pytest.approx(
         trace.upload_time_s(a + b, start), rel=1e-9, abs=1e-9)
+
+
+def one_upload_s(trace, nbytes, start_s):
+    """`upload_time_s` as it was before it was vectorised, one start at a time in Python floats:
+    the vectorised times must equal it bit for bit."""
+    if nbytes == 0:
+        return 0.0
+    cum, per_loop = trace._cum_mbit, trace._cum_mbit[-1]
+    loops, u = divmod(float(start_s), trace.duration_s)
+    i = int(np.searchsorted(trace.times_s, u, side="right")) - 1
+    mbit = loops * per_loop + cum[i] + trace.mbps[i] * (u - trace.times_s[i]) + nbytes * 8 / 1e6
+    loops, rest = divmod(mbit, per_loop)
+    if rest == 0:
+        loops, rest = loops - 1, per_loop
+    i = int(np.searchsorted(cum, rest, side="left")) - 1
+    end_s = loops * trace.duration_s + trace.times_s[i] + (rest - cum[i]) / trace.mbps[i]
+    return max(float(end_s - start_s), 0.0)
+
+
+rates = st.one_of(st.just(0.0), st.floats(0.01, 50.0), st.integers(0, 20).map(float))
+float_traces = st.integers(1, 6).flatmap(lambda n: st.tuples(
+    st.lists(st.one_of(st.floats(0.05, 5.0), st.integers(1, 5).map(float)), min_size=n, max_size=n),
+    st.lists(rates, min_size=n, max_size=n),
+)).filter(lambda steps_rates: any(steps_rates[1])).map(lambda steps_rates: Trace(
+    "drawn", np.cumsum([0.0, *steps_rates[0][:-1]]), steps_rates[1], "test"))
+
+
+@st.composite
+def uploads(draw):
+    """A trace with zero stretches, a size and starts, aimed at its edges: starts on its sample
+    times in some loop, sizes that end an upload exactly on a sample time or a loop's end."""
+    trace = draw(st.one_of(traces(min_rate=0), float_traces))
+    cum_bytes = trace._cum_mbit * 1e6 / 8
+    loop = trace.duration_s * draw(st.integers(-2, 5))
+    nbytes = draw(st.one_of(sizes, st.floats(0, 1e7), st.sampled_from([0, *cum_bytes]),
+                            st.integers(1, 4).map(lambda k: k * float(cum_bytes[-1]))))
+    edges = st.sampled_from([*trace.times_s, trace.duration_s]).map(lambda t: t + loop)
+    at = draw(st.lists(st.one_of(st.floats(-100, 500), starts, edges), max_size=12))
+    return trace, nbytes, np.array(at, dtype=np.float64)
+
+
+@given(uploads())
+def test_upload_times_equal_one_upload_at_a_time_exactly(upload):
+    trace, nbytes, starts = upload
+    expected = [one_upload_s(trace, nbytes, s) for s in starts]
+    times = trace.upload_times_s(nbytes, starts)
+    assert times.shape == starts.shape and times.dtype == np.float64
+    assert times.tolist() == expected
+    assert [trace.upload_time_s(nbytes, s) for s in starts] == expected
+
+
+@given(uploads(), st.lists(sizes, min_size=1, max_size=4))
+def test_sizes_and_starts_broadcast(upload, more_sizes):
+    trace, nbytes, starts = upload
+    every_size = np.array([nbytes, *more_sizes])
+    times = trace.upload_times_s(every_size[:, None], starts[None, :])
+    assert times.shape == (len(every_size), len(starts))
+    assert times.tolist() == [[one_upload_s(trace, b, s) for s in starts] for b in every_size.tolist()]
+
+
+@pytest.mark.parametrize("name", ["lte-ghent-car-7", "3g-norway-bus-1", "fcc-8996", "lte-verizon-up"])
+def test_upload_times_on_bundled_traces_equal_one_at_a_time(name):
+    """Real rates round where drawn integer ones do not: this catches any reordered arithmetic."""
+    trace, rng = bundled(name), np.random.default_rng(0)
+    starts = np.concatenate((rng.uniform(-trace.duration_s, 3 * trace.duration_s, 400),
+                             trace.times_s[::7] + trace.duration_s))
+    for nbytes in (100, 20_000, 150_000, 10**6, 10**7):
+        expected = [one_upload_s(trace, nbytes, s) for s in starts]
+        assert trace.upload_times_s(nbytes, starts).tolist() == expected
+
+
+def test_upload_times_at_the_edges():
+    trailing = Trace("8, 0", [0, 1], [8, 0], "test")  # 8 Mbit per 2 s loop, dead in its second half
+    starts = np.array([0.0, 1.0, 1.5, 2.0, 4.0, -2.0, 3.0])
+    # 1 MB is one loop's bits: it ends as the loop's live second does, not a loop later.
+    assert trailing.upload_times_s(1e6, starts).tolist() == [1.0, 2.0, 1.5, 1.0, 1.0, 1.0, 2.0]
+    assert trailing.upload_times_s(2e6, starts).tolist() == [3.0, 4.0, 3.5, 3.0, 3.0, 3.0, 4.0]
+    zeros = trailing.upload_times_s(0, np.ones((2, 3)))
+    assert zeros.shape == (2, 3) and not zeros.any()
+    assert trailing.upload_times_s(1e6, np.zeros(0)).shape == (0,)
+    assert trailing.upload_times_s(np.array([0, 1e6]), 1.5).tolist() == [0.0, 1.5]
+
+
+@pytest.mark.parametrize("nbytes, message", [
+    (-1, "upload of -1 bytes: expected a non-negative size"), (float("nan"), "upload of nan bytes"),
+    (np.array([1, -1]), "expected a non-negative size")])
+def test_upload_times_reject_bad_sizes(nbytes, message):
+    with pytest.raises(GraftError, match=re.escape(message)):
+        Trace("live", [0], [1], "test").upload_times_s(nbytes, np.arange(3.0))
+
+
+def test_upload_times_need_some_bandwidth():
+    with pytest.raises(GraftError, match="'dead' has zero bandwidth throughout"):
+        Trace("dead", [0, 5], [0, 0], "test").upload_times_s(1, np.arange(3.0))
 
 
 # --- malformed files ---

@@ -1,8 +1,11 @@
 """The workload: budget arithmetic by hand, what clients upload, Neurosurgeon's choice on synthetic
-costs, arrival statistics and their steady start, determinism, clients from a population of
-phones, a real model through `model_costs`, and a bundled trace end to end."""
+costs, arrival statistics and their steady start, determinism, the vectorised stream against
+choosing send by send, clients from a population of phones, a real model through `model_costs`,
+and a bundled trace end to end."""
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,10 +18,11 @@ import graft_fx
 from graft_fx import CutPoint, GraftError
 from graft_fx.serving import Trace, bundled
 from graft_fx.serving.devices import PHONE_SPEEDS
+from graft_fx.serving.requests import Request
 from graft_fx.serving.uploads import CutTensor, Upload, jpeg_bytes
 from graft_fx.serving.workload import (
-    DEVICES, Client, ClientStats, DeviceClass, Gamma, ModelCosts, Poisson, _frontier, _options, choose,
-    generate, make_clients, model_costs,
+    DEVICES, ArrivalProcess, Client, ClientStats, DeviceClass, Gamma, ModelCosts, Origin, Poisson, _frontier,
+    _options, choose, generate, make_clients, model_costs,
 )
 
 # A 4 GFLOP model: a 150 kB input, a wide early activation, a small one late in the model.
@@ -243,6 +247,86 @@ def test_streams_are_sorted_numbered_deterministic_and_counted():
     assert sum(s.sent for s in w.clients.values()) == len(w.requests) == sum(w.mix.values())
     assert w.late == sum(r.budget_s <= 0 for r in w.requests) > 0
     assert w.local > 0 and len(w.mix) > 1
+
+
+def generate_send_by_send(clients, costs, duration_s, seed, estimate, fragments, local):
+    """`generate` one send at a time, as it was before it was vectorised: the scalar upload time,
+    each option's total in depth order, a later option taking the send on a total no larger."""
+    options = _frontier(_options(costs, estimate, [*fragments, *([None] if local else [])]))
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(clients))]
+    stats, sent = {}, []
+    for c, rng in zip(clients, rngs):
+        counts = Counter()
+        for send_s in map(float, c.arrivals.times(rng, duration_s)):
+            best = None
+            for o in options:
+                device_s = c.device.head_s(o.flops)
+                upload_s = c.trace.upload_time_s(o.nbytes, c.offset_s + send_s + device_s)
+                if best is None or device_s + upload_s + o.server_s <= best[0]:
+                    best = (device_s + upload_s + o.server_s, o.fragment, device_s, upload_s)
+            _, fragment, device_s, upload_s = best
+            if fragment is None:
+                counts.update(local=1, local_late=device_s > c.slo_s)
+                continue
+            arrival_s, deadline_s = send_s + device_s + upload_s, send_s + c.slo_s
+            counts.update(sent=1, late=deadline_s - arrival_s <= 0)
+            sent.append((arrival_s, c.id, send_s, deadline_s, fragment, device_s, upload_s))
+        stats[c.id] = ClientStats(**counts)
+    sent.sort(key=lambda s: s[:3])
+    requests = tuple(Request(s[3], s[0], i, s[4]) for i, s in enumerate(sent))
+    origins = tuple(Origin(s[1], s[2], s[5], s[6]) for s in sent)
+    return requests, origins, stats, dict(sorted(Counter(s[4] for s in sent).items()))
+
+
+@dataclass(frozen=True)
+class Quarters(ArrivalProcess):
+    """Arrivals on whole quarter seconds."""
+
+    rate_per_s: float = 2.0
+
+    def gaps(self, rng, n):
+        return rng.integers(1, 4, n) * 0.25
+
+    def first_gap(self, rng):
+        return float(rng.integers(0, 4) * 0.25)
+
+
+# Quarter seconds, 1, 2 or 4 Mbit/s, whole or half megabits, power-of-two phones: sums are exact,
+# so totals tie, budgets hit zero and requests arrive together, and each rule is exercised.
+phones = st.builds(DeviceClass, st.just("drawn"), st.sampled_from([1.0, 2.0, 4.0]),
+                   st.sampled_from([0.0, 250.0]))
+exact_mbps = st.lists(st.sampled_from([0.0, 1.0, 2.0, 4.0]), min_size=1, max_size=5).filter(any)
+step_traces = st.tuples(st.sampled_from([0.25, 1.0]), exact_mbps).map(
+    lambda step_mbps: Trace("steps", np.arange(len(step_mbps[1])) * step_mbps[0], step_mbps[1], "synthetic"))
+arrivals = st.sampled_from([Quarters(), Quarters(), Poisson(2.0), Gamma(2.0, 2.0)])
+drawn_clients = st.lists(st.tuples(phones, step_traces, st.integers(0, 40).map(lambda q: q / 4), arrivals,
+                                   st.sampled_from([0.25, 0.5, 1.0, 2.0])), max_size=4).map(
+    lambda drawn: [Client(i, *client) for i, client in enumerate(drawn)])
+exact_cuts = st.tuples(st.sampled_from([0, 62_500, 125_000, 250_000]),
+                       st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.sampled_from([0.0, 0.25, 0.5]))
+
+
+@given(drawn_clients, st.lists(exact_cuts, min_size=1, max_size=6), st.booleans(), st.integers(0, 3),
+       st.data())
+def test_generate_equals_choosing_send_by_send(clients, cuts, local, seed, data):
+    """Bit for bit: requests, where they came from, every client's counts and the mix."""
+    costs = ModelCosts(tuple(CutPoint(f"c{i}", b, f) for i, (b, f, _) in enumerate(cuts)), 1e9, 1)
+    estimate = data.draw(st.sampled_from([None, lambda f: cuts[f][2]]))
+    fragments = data.draw(st.lists(st.sampled_from(range(len(cuts))), min_size=not local, unique=True))
+    w = generate(clients, costs, 5.0, seed, estimate, fragments, local)
+    assert (w.requests, w.origins, w.clients, w.mix) == generate_send_by_send(
+        clients, costs, 5.0, seed, estimate, fragments, local)
+
+
+@pytest.mark.parametrize("trace", ["lte-ghent-car-7", "3g-norway-bus-1", "fcc-8996"])
+def test_generate_equals_choosing_send_by_send_on_a_bundled_trace(trace):
+    """Real rates and a population of phones round where quarter seconds do not."""
+    clients = make_clients(12, PHONE_SPEEDS, [bundled(trace)], rate_per_s=2.0, slo_s=0.3, cv=2.0, seed=1)
+    costs, estimate = IMAGE_COSTS.encoded(Upload("fp16", jpeg_quality=90)), lambda f: [0.01, 0.004, 0.001][f]
+    for fragments, local in (([0, 1, 2], True), ([1, 2], False)):
+        w = generate(clients, costs, 20.0, 4, estimate, fragments, local)
+        assert (w.requests, w.origins, w.clients, w.mix) == generate_send_by_send(
+            clients, costs, 20.0, 4, estimate, fragments, local)
 
 
 def test_clients_from_a_population_draw_their_own_phones_per_seed():
