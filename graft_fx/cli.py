@@ -26,7 +26,7 @@ from typing import Callable
 
 from .errors import GraftError
 
-DEFAULTS = {"model": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
+DEFAULTS = {"models": "resnet50", "trace": "lte-verizon-up", "slo_ms": 1500.0, "clients": 200,
             "rate_per_s": 1.0, "duration_s": 60.0, "profile": "h200", "seed": 0, "seeds": 1, "cv": 1.0,
             "upload": "fp16", "jpeg_quality": 90, "devices": "fitted",
             "private_input": False}
@@ -71,14 +71,21 @@ def _policies(text: str) -> list[str]:
     return names
 
 
-def _model(name: str) -> str:
+def _models(text: str) -> list[str]:
+    """Comma-separated torchvision classifiers, each at most once."""
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        from .serving.zoo import BENCHMARK_MODELS
-        raise argparse.ArgumentTypeError(f"unknown model {name!r}: expected a torchvision classification model, "
-                                         f"such as {', '.join(BENCHMARK_MODELS)}")
-    return name
+    from .serving.zoo import BENCHMARK_MODELS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = torchvision.models.list_models(module=torchvision.models)
+    for name in names:
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"unknown model {name!r}: expected torchvision classification models, "
+                                             f"such as {', '.join(BENCHMARK_MODELS)}")
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated model names, got {text!r}")
+    return names
 
 
 def _profile(spec: str) -> str:
@@ -119,9 +126,10 @@ def parser() -> argparse.ArgumentParser:
     s = commands.add_parser("simulate", help="replay a request stream through every serving policy",
                             description=__doc__.split("\n\n")[2].replace("\n", " "))
     s.set_defaults(run=simulate)
-    s.add_argument("--model", type=_model, default=DEFAULTS["model"],
-                   help=f"a torchvision classification model; the shipped H200 profile measured "
-                        f"{', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
+    s.add_argument("--models", "--model", type=_models, default=DEFAULTS["models"],
+                   help=f"torchvision classification models served at once, comma-separated; the phones are "
+                        f"split evenly among them and their plans share the GPUs; the shipped H200 profile "
+                        f"measured {', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
     s.add_argument("--trace", default=DEFAULTS["trace"],
                    help=f"bundled trace ({', '.join(bundled_names())}) or a file (default: %(default)s)")
     s.add_argument("--trace-format", default="auto",
@@ -185,35 +193,49 @@ def simulate(args: argparse.Namespace) -> int:
         raise GraftError(f"--duration-s {args.duration_s:g} with --slo-ms {args.slo_ms:g}: expected a run of at "
                          f"least {MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * args.slo_ms / 1e3:g} s)")
     trace = trace_for(args.trace, args.trace_format)
-    model, example = zoo.build(args.model)
+    if args.clients < len(args.models):
+        raise GraftError(f"--clients {args.clients} for {len(args.models)} models: expected at least one phone each")
+    upload = Upload(args.upload, args.jpeg_quality)
+    served = []  # (profile, costs) per model
     with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
               disable=args.profile != "cpu") as bar:
-        profile = profile_for(args.profile, args.model, model, example, progress=bar)
-    costs = model_costs(model, example, Upload(args.upload, args.jpeg_quality))
+        for name in args.models:
+            model, example = zoo.build(name)
+            served.append((profile_for(args.profile, name, model, example, progress=bar),
+                           model_costs(model, example, upload)))
     devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
-    partitioning = for_device(profile.device, "mps" if args.mps else "green-context")
+    partitioning = for_device(served[0][0].device, "mps" if args.mps else "green-context")
 
-    def scenario(seed: int) -> Scenario:
-        clients = make_clients(args.clients, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv, seed=seed)
-        return Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
-                        replan_s=args.replan_s, private_input=args.private_input)
+    def scenarios(seed: int) -> list[Scenario]:
+        """One scenario per model: phone i runs model i mod M; model m's phones draw from seed * M + m."""
+        out = []
+        for m, (profile, costs) in enumerate(served):
+            phones = len(range(m, args.clients, len(served)))
+            clients = make_clients(phones, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv,
+                                   seed=seed * len(served) + m)
+            out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
+                                replan_s=args.replan_s, private_input=args.private_input))
+        return out
 
     seeds = range(args.seed, args.seed + args.seeds)
-    with tqdm(desc="simulating", total=len(policies) * len(seeds), unit="policy", file=sys.stderr) as bar:
-        summaries, stream = over_seeds(scenario, seeds, policies, progress=lambda name: bar.update())
+    with tqdm(desc="simulating", total=len(policies) * len(seeds) * len(served), unit="policy",
+              file=sys.stderr) as bar:
+        summaries, streams = over_seeds(scenarios, seeds, policies, progress=lambda name: bar.update())
     results = [s.results[0] for s in summaries]
-    config = {"model": args.model, "trace": trace.name, "trace_format": args.trace_format,
-              "slo_ms": args.slo_ms, "clients": args.clients, "rate_per_s": args.rate,
-              "duration_s": args.duration_s, "policies": policies, "profile": profile.label,
-              "device": profile.device, "partitions": str(partitioning),
+    labels = sorted({profile.label for profile, _ in served})
+    config = {"model": ",".join(args.models), "models": args.models, "trace": trace.name,
+              "trace_format": args.trace_format, "slo_ms": args.slo_ms, "clients": args.clients,
+              "rate_per_s": args.rate, "duration_s": args.duration_s, "policies": policies,
+              "profile": "; ".join(labels), "device": served[0][0].device, "partitions": str(partitioning),
               "seed": args.seed, "seeds": args.seeds, "replan_s": args.replan_s, "cv": args.cv,
               "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
               "private_input": args.private_input}
-    print(report.table(config, results, profile.fragments, stream))
+    fragments = {profile.model: profile.fragments for profile, _ in served}
+    print(report.table(config, results, fragments, streams))
     if len(seeds) > 1:
         print("\n" + report.seeds_table(summaries))
     if args.json:
-        doc = report.to_json(config, results, profile.fragments, stream)
+        doc = report.to_json(config, results, fragments, streams)
         doc["over_seeds"] = [s.to_json() for s in summaries]
         args.json.write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")

@@ -31,7 +31,7 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     graft = doc["policies"][0]
     assert graft["gpus"] >= 1 and graft["plan"]["groups"][0]["partition"].endswith(" SMs")
     assert all(isinstance(f, str) for g in graft["plan"]["groups"] for f in g["fragments"])  # cut names
-    assert doc["requests"]["requests"] >= doc["requests"]["attainable"] and doc["columns"]
+    assert doc["requests"]["resnet50"]["requests"] >= doc["requests"]["resnet50"]["attainable"] and doc["columns"]
     assert "partitions: green-context on NVIDIA H200" in printed and "graft plan: " in printed
     assert "GPUs: whole devices" in printed  # the columns are explained
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,6 +84,8 @@ def test_bad_arguments_name_what_is_wrong(argv, message, capsys):
     (["--jpeg-quality", "101"], "--jpeg-quality: expected a whole number from 1 to 100, got '101'"),
     (["--jpeg-quality", "90.5"], "--jpeg-quality: expected a whole number from 1 to 100"),
     (["--devices", "phones"], "argument --devices: invalid choice: 'phones'"),
+    (["--models", "resnet50,resnet50"], "--models/--model: expected distinct comma-separated model names"),
+    (["--models", "resnet99"], "unknown model 'resnet99'"),
     (["--json", "/no/such/folder/r.json"], "--json: cannot write '/no/such/folder/r.json'"),
     (["--plot", "."], "--plot: cannot write '.'"),
 ])
@@ -126,3 +128,17 @@ def test_mps_partitions_are_whole_percentages(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["config"]["partitions"].startswith("mps on NVIDIA H200")
     assert all(g["partition"].endswith("%") for g in doc["policies"][0]["plan"]["groups"])
+
+
+def test_several_models_share_the_gpus(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = [*SMALL, "--models", "resnet50,mobilenet_v2", "--policies", "graft,per-fragment", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "graft plan (resnet50): " in printed and "graft plan (mobilenet_v2): " in printed
+    doc = json.loads(out.read_text())
+    graft = doc["policies"][0]
+    assert set(graft["plans"]) == {"resnet50", "mobilenet_v2"} and set(doc["requests"]) == set(graft["plans"])
+    shares = [sum(p["share"] for p in plan["partitions"]) for plan in graft["plans"].values()]
+    assert graft["share"] == pytest.approx(sum(shares), abs=1e-3)
+    assert graft["gpus"] >= 1 and graft["requests"] == sum(r["requests"] for r in doc["requests"].values())

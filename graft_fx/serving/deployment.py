@@ -24,6 +24,7 @@ bound ``ceil(total share)`` to compare with.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import GraftError
@@ -36,12 +37,13 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class DeviceLoad:
-    """The partitions on one device (``memory_bytes[i]`` for ``partitions[i]``, None where not
+    """The partitions on one device (``partition_bytes[i]`` for ``partitions[i]``, None where not
     known), and the memory they take with their contexts."""
 
     partitions: tuple[Partition, ...]
     partition_bytes: tuple[int | None, ...]
     memory_bytes: int | None
+    models: tuple[int, ...] = ()  # which of the deployed plans each partition belongs to
 
     @property
     def share(self) -> float:
@@ -90,22 +92,30 @@ def memory_bytes(profile: Profile, plan: Plan, partition: Partition) -> int | No
 
 
 def deploy(plan: Plan, profile: Profile) -> Deployment:
-    """Pack every partition of ``plan`` onto devices (first-fit decreasing).
+    """Pack every partition of ``plan`` onto devices (first-fit decreasing); see `deploy_all`."""
+    return deploy_all([(plan, profile)])
 
-    Raises GraftError when one partition alone does not fit on a device (its memory with its
-    context exceeds the device's).
+
+def deploy_all(plans: Sequence[tuple[Plan, Profile]]) -> Deployment:
+    """Pack the partitions of several plans (several models served at once, each plan on its
+    model's profile) onto one set of devices, first-fit decreasing. `DeviceLoad.models[i]` is the
+    index in ``plans`` of the plan that ``partitions[i]`` belongs to.
+
+    Raises GraftError when the plans partition different devices or mechanisms, or when one
+    partition alone does not fit on a device (its memory with its context exceeds the device's).
     """
-    part = plan.partitioning
-    if part is None:
-        raise GraftError("the plan has no partitioning: expected one made by planner.plan")
+    kinds = {p.partitioning for p, _ in plans}
+    if None in kinds or len(kinds) != 1:
+        raise GraftError(f"plans on partitionings {sorted(map(str, kinds))}: expected one, made by planner.plan")
+    part = kinds.pop()
     device_memory = part.device.memory_bytes
-    items = [(p, memory_bytes(profile, plan, p)) for p in plan.partitions]
-    checked = device_memory is not None and all(m is not None for _, m in items)
-    items.sort(key=lambda item: (-item[0].share, -(item[1] or 0), item[0].groups))
-    bins: list[list[tuple[Partition, int | None]]] = []
+    items = [(m, p, memory_bytes(profile, plan, p)) for m, (plan, profile) in enumerate(plans) for p in plan.partitions]
+    checked = device_memory is not None and all(b is not None for _, _, b in items)
+    items.sort(key=lambda item: (-item[1].share, -(item[2] or 0), item[0], item[1].groups))
+    bins: list[list[tuple[int, Partition, int | None]]] = []
     for item in items:
         if checked and _memory(part, [item]) > device_memory:
-            raise GraftError(f"groups {list(item[0].groups)} need {_memory(part, [item]) / 2**30:.1f} GiB on one "
+            raise GraftError(f"groups {list(item[1].groups)} need {_memory(part, [item]) / 2**30:.1f} GiB on one "
                              f"{part.device.name}, which has {device_memory / 2**30:.1f} GiB: expected "
                              "partitions that fit on one device (a smaller largest batch, or a larger device)")
         for b in bins:
@@ -114,18 +124,18 @@ def deploy(plan: Plan, profile: Profile) -> Deployment:
                 break
         else:
             bins.append([item])
-    devices = tuple(DeviceLoad(tuple(p for p, _ in b), tuple(m for _, m in b), _memory(part, b) if checked else None)
-                    for b in bins)
+    devices = tuple(DeviceLoad(tuple(p for _, p, _ in b), tuple(m for _, _, m in b),
+                               _memory(part, b) if checked else None, tuple(m for m, _, _ in b)) for b in bins)
     return Deployment(part, devices, checked)
 
 
-def _memory(part: Partitioning, items: list[tuple[Partition, int | None]]) -> int:
+def _memory(part: Partitioning, items: list[tuple[int, Partition, int | None]]) -> int:
     contexts = 1 if part.shared_context else len(items)
-    return sum(m or 0 for _, m in items) + contexts * part.context_bytes
+    return sum(b or 0 for _, _, b in items) + contexts * part.context_bytes
 
 
-def _fits(part: Partitioning, items: list[tuple[Partition, int | None]], checked: bool) -> bool:
-    if sum(p.share for p, _ in items) > 1 + _EPS:
+def _fits(part: Partitioning, items: list[tuple[int, Partition, int | None]], checked: bool) -> bool:
+    if sum(p.share for _, p, _ in items) > 1 + _EPS:
         return False
     if part.max_partitions is not None and len(items) > part.max_partitions:
         return False

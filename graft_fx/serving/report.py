@@ -32,17 +32,25 @@ COLUMN_NOTES = (
 )
 
 
-def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Sequence[str] = (),
-            stream: Stream | None = None) -> dict[str, Any]:
-    """``{"config", "columns", "requests", "policies"}``: each policy with its plan's groups by cut
-    name (``fragments[f]`` names fragment type ``f``) and its partitions."""
+Fragments = Mapping[str, Sequence[str]]  # model -> the cut name of each of its fragment types
+
+
+def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Fragments,
+            streams: Sequence[Stream] = ()) -> dict[str, Any]:
+    """``{"config", "columns", "requests", "policies"}``: each policy with each model's plan, its
+    groups by cut name and its partitions (``"plans"``, by model) and, for one model, the same as
+    ``"plan"``; ``"requests"`` says per model how many requests any server could answer."""
     doc: dict[str, Any] = {"config": dict(config), "columns": list(COLUMN_NOTES), "policies": []}
-    if stream is not None:
-        doc["requests"] = attainability(stream, config["slo_ms"])
+    if streams:
+        doc["requests"] = {m: attainability(st, config["slo_ms"]) for m, st in zip(fragments, streams)}
     for r in results:
         entry = r.to_json()
-        if r.plan is not None:
-            entry["plan"] = _plan_json(r.plan, fragments)
+        plans = {p.model: _plan_json(p.plan, fragments.get(p.model, ())) for p in (r.parts or (r,))
+                 if p.plan is not None}
+        if plans:
+            entry["plans"] = plans
+            if len(plans) == 1:
+                entry["plan"] = next(iter(plans.values()))
         doc["policies"].append(entry)
     return doc
 
@@ -89,8 +97,8 @@ def why_unattainable(facts: Mapping[str, Any]) -> str:
             "alone on a whole GPU, and every policy loses them alike")
 
 
-def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Sequence[str] = (),
-          stream: Stream | None = None) -> str:
+def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Fragments,
+          streams: Sequence[Stream] = ()) -> str:
     """A plain-text report: what was simulated, on which profile and partitions, how many requests
     could be served at all, one row per policy, the column notes, and each policy's plan."""
     graft = next((r.share for r in results if r.name == "graft"), None)
@@ -106,10 +114,12 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments:
             f"profile: {config['profile']}"]
     if config.get("partitions"):
         head.append(f"partitions: {config['partitions']}")
-    if stream is not None:
-        head.append(why_unattainable(attainability(stream, config["slo_ms"])))
-    plans = [f"{r.name} plan: {line}" for r in results if r.plan is not None and r.share is not None
-             for line in describe_plan(r.plan, fragments)]
+    several = len(fragments) > 1
+    for model, stream in zip(fragments, streams):
+        head.append((f"{model}: " if several else "") + why_unattainable(attainability(stream, config["slo_ms"])))
+    plans = [f"{r.name} plan{f' ({p.model})' if several else ''}: {line}" for r in results if r.share is not None
+             for p in (r.parts or (r,)) if p.plan is not None
+             for line in describe_plan(p.plan, fragments.get(p.model, ()))]
     return "\n".join(head + [""] + lines + [""] + [f"  {note}" for note in COLUMN_NOTES] + [""] + plans)
 
 

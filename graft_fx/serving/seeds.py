@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import GraftError
-from .simulator import POLICIES, PolicyResult, Scenario, Stream, make_stream, simulate
+from .simulator import POLICIES, PolicyResult, Scenario, Stream, combine, make_stream, simulate
 from .stats import Median, median_ci
 
 MIN_DURATION_BUDGETS = 10  # a run lasts at least this many times its largest server budget
@@ -51,23 +51,32 @@ def check_duration(scenario: Scenario) -> None:
                          f"{MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * slo:g} s)")
 
 
-def over_seeds(make: Callable[[int], Scenario], seeds: Sequence[int], policies: Sequence[str] = POLICIES,
-               progress: Callable[[str], None] | None = None) -> tuple[list[Summary], Stream]:
+def over_seeds(make: Callable[[int], Scenario | Sequence[Scenario]], seeds: Sequence[int],
+               policies: Sequence[str] = POLICIES,
+               progress: Callable[[str], None] | None = None) -> tuple[list[Summary], list[Stream]]:
     """Simulate ``make(seed)`` for every seed and summarise each policy (see the module
-    docstring); also the first seed's request stream, for reporting.
+    docstring); also the first seed's request streams, for reporting.
 
-    ``progress`` is told each policy's name as its simulation for one seed finishes. Raises
-    GraftError for no seeds or a run shorter than `check_duration` allows.
+    ``make`` may return several scenarios, one per model served at once: each is simulated on its
+    own, and a policy's figures for the seed are the models' together (`simulator.combine`: the
+    shares add up, the plans pack onto one set of GPUs). ``progress`` is told each policy's name
+    as its simulation of one model for one seed finishes. Raises GraftError for no seeds or a run
+    shorter than `check_duration` allows.
     """
     if not seeds:
         raise GraftError("no seeds: expected at least one")
     per_seed, first = [], None
     for seed in seeds:
-        scenario = make(seed)
-        check_duration(scenario)
-        stream = make_stream(scenario)
-        first = first or stream
-        per_seed.append({r.name: r for r in simulate(scenario, policies, progress, stream)})
+        made = make(seed)
+        scenarios = [made] if isinstance(made, Scenario) else list(made)
+        parts, streams = [], []
+        for scenario in scenarios:
+            check_duration(scenario)
+            streams.append(make_stream(scenario))
+            parts.append({r.name: r for r in simulate(scenario, policies, progress, streams[-1])})
+        first = first or streams
+        per_seed.append({name: combine([p[name] for p in parts], [sc.profile for sc in scenarios])
+                         for name in policies})
     summaries = [_summary(name, [s[name] for s in per_seed], [s.get("graft") for s in per_seed])
                  for name in policies]
     return summaries, first

@@ -65,7 +65,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .batching import Latency, run_offline, run_shared
-from .deployment import Deployment, deploy
+from .deployment import Deployment, deploy, deploy_all
 from .partitions import Partitioning, for_device
 from .planner import Demand, Plan, Replanner, fluid_bound, least_budget, plan
 from .profiles import Profile
@@ -208,11 +208,43 @@ class PolicyResult:
     plan: Plan | None = field(repr=False, default=None)
     deployment: Deployment | None = field(repr=False, default=None)
     searched: tuple[tuple[float, float], ...] = ()  # (total share, attainable fraction on time)
+    model: str = ""
+    parts: tuple[PolicyResult, ...] = field(repr=False, default=())  # per model, when `combine`d
 
     def to_json(self) -> dict:
         keys = ("name", "share", "gpus", "slo_attainment", "attainable_attainment", "goodput_rps", "p50_ms",
                 "p99_ms", "dropped", "requests", "attainable", "extrapolated")
         return {k: getattr(self, k) for k in keys}
+
+
+def combine(parts: Sequence[PolicyResult], profiles: Sequence[Profile]) -> PolicyResult:
+    """One policy's results for several models served at once (``parts[i]`` on ``profiles[i]``):
+    shares, requests and goodput add up, attainments are over all requests, latency percentiles
+    over all answered ones, and the plans are packed together onto one set of GPUs
+    (`deployment.deploy_all`). A single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    reached = all(p.share is not None for p in parts)
+    simulated = all(p.slo_attainment is not None for p in parts)
+    latencies = np.sort(np.concatenate([p.latencies_ms for p in parts]))
+    n, ok = sum(p.requests for p in parts), sum(p.attainable for p in parts)
+
+    def total(attr):
+        return sum(getattr(p, attr) for p in parts) if all(getattr(p, attr) is not None for p in parts) else None
+
+    def weighted(attr, weight):
+        if not simulated:
+            return None
+        return sum(getattr(p, attr) * getattr(p, weight) for p in parts) / max(sum(getattr(p, weight) for p in parts), 1)
+
+    deployment = deploy_all([(p.plan, f) for p, f in zip(parts, profiles)]) if reached and all(
+        p.plan is not None for p in parts) else None
+    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99)) if len(latencies) else (None, None)
+    return PolicyResult(parts[0].name, total("share") if reached else None, weighted("slo_attainment", "requests"),
+                        total("goodput_rps"), p50 if simulated else None, p99 if simulated else None,
+                        total("dropped"), n, ok, weighted("attainable_attainment", "attainable"),
+                        deployment.gpus if deployment else None, any(p.extrapolated for p in parts), latencies,
+                        None, deployment, model="+".join(p.model for p in parts), parts=tuple(parts))
 
 
 def fragment_cuts(profile: Profile, costs: ModelCosts) -> list[int]:
@@ -412,7 +444,8 @@ def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], pro
     shown = best or max(runs, key=lambda r: r.total_share, default=None)
     n = len(stream.requests)
     if shown is None:
-        return PolicyResult(name, None, None, None, None, None, None, n, attainable, searched=searched)
+        return PolicyResult(name, None, None, None, None, None, None, n, attainable, searched=searched,
+                            model=profile.model)
     on_time = shown.on_time(stream)
     answered = ~np.isnan(shown.finish_s)
     latencies_ms = (shown.finish_s[answered] - stream.send_s[answered]) * 1e3
@@ -422,7 +455,7 @@ def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], pro
                         float(on_time.sum() / stream.duration_s), p50, p99, int(n - answered.sum()), n,
                         attainable, float((on_time & stream.attainable).sum() / max(attainable, 1)),
                         deployment.gpus if best else None, any(g.extrapolated for g in shown.plan.groups),
-                        np.sort(latencies_ms), shown.plan, deployment, searched)
+                        np.sort(latencies_ms), shown.plan, deployment, searched, profile.model)
 
 
 def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
@@ -439,7 +472,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
         if name == "bound":
             results.append(PolicyResult("bound", fluid_bound(scenario.profile, stream.rates(attainable_only=True)),
                                         None, None, None, None, None, len(stream.requests),
-                                        int(stream.attainable.sum())))
+                                        int(stream.attainable.sum()), model=scenario.profile.model))
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,

@@ -25,7 +25,7 @@ def scenario(seed, duration_s=10.0, slo_s=0.5):
 
 
 def test_each_policy_is_summarised_over_its_seeds_with_paired_ratios():
-    summaries, stream = over_seeds(scenario, [0, 1, 2], ["graft", "per-fragment"])
+    summaries, (stream,) = over_seeds(scenario, [0, 1, 2], ["graft", "per-fragment"])
     graft, apart = summaries
     assert [s.name for s in summaries] == ["graft", "per-fragment"] and len(stream.requests) > 0
     assert len(graft.results) == len(apart.results) == 3 and graft.reached == 3
