@@ -117,7 +117,7 @@ def _output(text: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     from .serving.simulator import POLICIES
-    from .serving.traces import bundled_names
+    from .serving.traces import bundled_direction, bundled_names
     from .serving.uploads import BYTES_PER_ELEMENT
     from .serving.zoo import BENCHMARK_MODELS
 
@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
                         f"split evenly among them and their plans share the GPUs; the shipped H200 profile "
                         f"measured {', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
     s.add_argument("--trace", default=DEFAULTS["trace"],
-                   help=f"bundled trace ({', '.join(bundled_names())}) or a file (default: %(default)s)")
+                   help="a bundled trace (" + ", ".join(f"{n}: {bundled_direction(n)}" for n in bundled_names())
+                        + "; a downlink trace stands in for the uplink) or a trace file (default: %(default)s)")
     s.add_argument("--trace-format", default="auto",
                    choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"])
     s.add_argument("--slo-ms", type=POSITIVE, default=DEFAULTS["slo_ms"],

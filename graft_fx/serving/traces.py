@@ -283,6 +283,14 @@ def bundled_names() -> list[str]:
     return list(_BUNDLED)
 
 
+def bundled_direction(name: str) -> str:
+    """Which way a bundled trace was measured, without loading it: the LTE mahimahi files name
+    it (".up", ".down"); the 3G, FCC and Ghent sets measured downloads, stand-ins for an uplink."""
+    if name not in _BUNDLED:
+        raise GraftError(f"bundled trace {name!r}: expected one of {', '.join(_BUNDLED)}")
+    return {".up": "uplink"}.get(Path(_BUNDLED[name][1]).suffix, "downlink")
+
+
 def bundled(name: str) -> Trace:
     """A trace that ships with graft_fx, by its bundled name."""
     if name not in _BUNDLED:

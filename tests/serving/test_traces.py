@@ -15,7 +15,7 @@ from graft_fx.serving import (
     Trace, bundled, bundled_names, load_ghent, load_gnettrack, load_mahimahi, load_pensieve,
     load_trace,
 )
-from graft_fx.serving.traces import _BUNDLED
+from graft_fx.serving.traces import _BUNDLED, bundled_direction
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "traces"
 BUNDLED_DIR = Path(__file__).parents[2] / "graft_fx" / "serving" / "data" / "traces"
@@ -444,3 +444,8 @@ def test_bad_arguments(tmp_path):
         Trace("neg", [0, 1], [1, -1], "test")
     with pytest.raises(GraftError, match="direction one of"):
         Trace("x", [0], [1], "test", direction="up")
+
+
+def test_bundled_directions_match_the_loaded_traces():
+    for name in bundled_names():
+        assert bundled_direction(name) == bundled(name).direction
