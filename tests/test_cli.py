@@ -21,9 +21,9 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     for policy in ("graft", "per-fragment", "full-model", "bound"):
         assert policy in printed
     doc = json.loads(out_json.read_text())
-    assert doc["config"]["model"] == "resnet50" and doc["config"]["trace"] == "lte-verizon-up"
+    assert doc["config"]["model"] == "resnet50" and doc["config"]["trace"] == "lte-ghent-car-7"
     assert {k: doc["config"][k] for k in ("cv", "upload", "jpeg_quality", "devices")} == {
-        "cv": 1.0, "upload": "fp16", "jpeg_quality": 90, "devices": "fitted"}
+        "cv": 1.0, "upload": "int8", "jpeg_quality": 90, "devices": "fitted"}
     assert [p["name"] for p in doc["policies"]] == ["graft", "per-fragment", "full-model", "bound"]
     for p in doc["policies"]:
         assert {"name", "share", "gpus", "slo_attainment", "attainable_attainment", "goodput_rps", "p50_ms",
