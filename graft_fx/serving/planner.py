@@ -84,7 +84,7 @@ import numpy as np
 
 from ..errors import GraftError
 from .partitions import Partitioning, for_device
-from .profiles import Profile
+from .profiles import Profile, share_weights
 
 # The grid of u = T / r: from this fraction of the smallest budget to the largest, this far apart.
 _U_LOW = 1e-3
@@ -374,15 +374,11 @@ class _Tables:
 
 def _share_weights(measured: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """``W[g, m]``: latency at grid share ``g`` = Σ_m W[g, m] × latency at measured share ``m``,
-    the profile's interpolation in share (linear between measured shares, 1 / share below)."""
+    the profile's interpolation in share (`profiles.share_weights`)."""
     w = np.zeros((len(grid), len(measured)))
     for g, s in enumerate(grid):
-        if s <= measured[0] or len(measured) == 1:
-            w[g, 0] = measured[0] / s
-            continue
-        j = min(int(np.searchsorted(measured, s)), len(measured) - 1)
-        t = (s - measured[j - 1]) / (measured[j] - measured[j - 1])
-        w[g, j - 1], w[g, j] = 1 - t, t
+        for m, weight in share_weights(measured, s):
+            w[g, m] = weight
     return w
 
 

@@ -16,7 +16,8 @@ with a roofline (`graft_fx.serving.roofline`). Between the grid points it interp
   measured batch along the last segment's slope (a GPU that is already full grows linearly);
 - **share**: linearly between measured shares; below the smallest one, latency grows as
   ``1 / share`` (all the work runs on proportionally fewer units: the pessimistic end, since
-  launch-bound work barely slows down).
+  launch-bound work barely slows down); above the largest one, it stays at the largest's (a
+  profile measured without the whole device says nothing about how much faster it would be).
 
 Measurements are noisy (a 96-SM run can be slower than a 64-SM one), but the planner and the
 batching policy rely on latency never falling when a batch grows or a share shrinks. The table is
@@ -107,7 +108,8 @@ class Profile:
             problems.append("no pieces")
         if latency.shape != expected:
             problems.append(f"latency table of shape {latency.shape}, expected {expected}")
-        if len(shares) == 0 or np.any(np.diff(shares) <= 0) or shares[0] <= 0 or shares[-1] > 1:
+        if len(shares) == 0 or not np.all(np.isfinite(shares)) or np.any(np.diff(shares) <= 0) or shares[0] <= 0 \
+                or shares[-1] > 1:
             problems.append(f"shares {shares.tolist()}: expected ascending fractions in (0, 1]")
         if len(batches) == 0 or np.any(np.diff(batches) <= 0) or batches[0] != 1:
             problems.append(f"batches {batches.tolist()}: expected ascending sizes from 1")
@@ -182,13 +184,8 @@ class Profile:
         return float(t[np.arange(len(self.pieces)), rows].sum())
 
     def _at_share(self, share: float) -> np.ndarray:
-        """``latency[piece, knot]`` at ``share``: linear between measured shares, 1/share below."""
-        s, grid = self.shares, self._grid
-        if share <= s[0]:
-            return grid[:, 0, :] * (s[0] / share)
-        j = min(int(np.searchsorted(s, share)), len(s) - 1)
-        w = (share - s[j - 1]) / (s[j] - s[j - 1])
-        return (1 - w) * grid[:, j - 1, :] + w * grid[:, j, :]
+        """``latency[piece, knot]`` at ``share`` (`share_weights`)."""
+        return sum(w * self._grid[:, j, :] for j, w in share_weights(self.shares, share))
 
     def to_json(self) -> dict[str, Any]:
         """This profile as a one-model JSON document (shares keyed by fraction)."""
@@ -216,6 +213,21 @@ class Profile:
 def memory_fields(p: Piece) -> dict[str, int]:
     """A piece's memory figures as JSON fields (those it has)."""
     return {k: getattr(p, k) for k in ("weight_bytes", "workspace_bytes") if getattr(p, k) is not None}
+
+
+def share_weights(measured: np.ndarray, share: float) -> list[tuple[int, float]]:
+    """How latency at ``share`` follows from latency at the ``measured`` shares (ascending):
+    ``Σ weight × latency[index]`` over the returned ``(index, weight)`` pairs. Linear between
+    measured shares; below the smallest, that share's latency times ``smallest / share`` (all the
+    work on proportionally fewer units); above the largest, the largest's (more of a device is
+    never slower, and nothing measured says how much faster)."""
+    if share <= measured[0]:
+        return [(0, float(measured[0] / share))]
+    if share >= measured[-1]:
+        return [(len(measured) - 1, 1.0)]
+    j = int(np.searchsorted(measured, share))
+    t = float((share - measured[j - 1]) / (measured[j] - measured[j - 1]))
+    return [(j - 1, 1 - t), (j, t)]
 
 
 def _check_share(share: float) -> float:

@@ -181,3 +181,21 @@ def test_planning_uses_p99_service_times_where_measured():
 def test_tables_never_get_cheaper_as_a_batch_grows(model, share):
     table = P.load(P.shipped()["h200"], model).table(share)
     assert np.all(np.diff(table, axis=1) >= 0)
+
+
+def test_above_the_largest_measured_share_latency_stays_at_the_largest():
+    """A file measured at 16 and 32 SMs only: a whole device is planned as 32 SMs, never as a
+    linear extrapolation that goes below zero."""
+    full = P.load(P.shipped()["h200"], "resnet50")
+    keep = [0, 1]  # 16 and 32 SMs
+    part = Profile("r", full.device, "test", full.pieces, full.shares[keep], full.batches, full.latency_s[:, keep])
+    assert np.allclose(part.table(1.0), part.table(float(full.shares[1])))
+    assert np.all(part.table(1.0) >= 0)
+    one = Profile("r", full.device, "test", full.pieces, full.shares[:1], full.batches, full.latency_s[:, :1])
+    assert np.all(np.isfinite(one.table(1.0))) and np.allclose(one.table(1.0), one.table(float(full.shares[0])))
+
+
+def test_non_finite_shares_are_refused():
+    full = P.load(P.shipped()["h200"], "resnet50")
+    with pytest.raises(GraftError, match="expected ascending fractions"):
+        Profile("r", "d", "test", full.pieces[:1], np.array([np.nan]), full.batches, full.latency_s[:1, :1])
