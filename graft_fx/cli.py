@@ -1,13 +1,15 @@
 """The ``graft`` command.
 
-    graft simulate [--model resnet50] [--trace lte-verizon-up] [--slo-ms ...] [--json PATH] [--plot PATH]
+    graft simulate [--models resnet50[,mobilenet_v2...]] [--trace lte-ghent-car-7] [--slo-ms 350]
+                   [--clients 2000] [--seeds 5] [--mps] [--json PATH] [--plot PATH]
 
 ``simulate`` sizes a deployment: phones of many speeds on one network trace send requests for one
-model, each cutting it where a Neurosurgeon-style client would and uploading what a phone app would
-(a JPEG of the input image, or the activation in half precision), and every serving policy
-(`graft_fx.serving.simulator`) serves the same request stream on the same latency profile. It
-prints, per policy, the least GPU share that answers 99% of the attainable requests on time, with
-SLO attainment, goodput, latency percentiles and drops.
+model or several, each cutting it where a Neurosurgeon-style client would and uploading what a
+phone app would (an int8 or fp16 activation, the image staying on the phone unless
+--no-private-input lets it send a JPEG), and every serving policy (`graft_fx.serving.simulator`)
+serves the same request stream on the same latency profile. It prints, per policy, the least GPU
+share, as partitions a GPU can make, that answers 99% of the attainable requests on time, the
+whole GPUs it packs onto, SLO attainment, goodput, latency percentiles, drops and the plans.
 
 The profile is a GPU's by default, because that is where batching pays (on a CPU latency grows
 about linearly with batch size): the H200 profile measured for the benchmark models ships with
@@ -69,8 +71,9 @@ def _policies(text: str) -> list[str]:
 
     names = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in names if p not in POLICIES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(POLICIES)}, got {text!r}")
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of distinct policies of "
+                                         f"{', '.join(POLICIES)}, got {text!r}")
     return names
 
 
@@ -96,7 +99,8 @@ def _profile(spec: str) -> str:
 
     if not (Path(spec).is_file() or spec == "cpu" or spec in ACCELERATORS):
         raise argparse.ArgumentTypeError(f"expected a JSON profile path, cpu, or a GPU preset "
-                                         f"({', '.join(sorted(ACCELERATORS))}), got {spec!r}")
+                                         f"({', '.join(sorted(a for a in ACCELERATORS if a != 'cpu'))}), "
+                                         f"got {spec!r}")
     return spec
 
 
@@ -111,10 +115,19 @@ def _presets() -> list[str]:
 
 
 def _output(text: str) -> Path:
-    """A file to write: its folder must exist and it must not be a folder itself."""
+    """A file to write, tried before anything runs: opened for appending (and removed again if
+    it did not exist), so a path that cannot be written fails now, not after the simulation."""
     path = Path(text)
     if path.is_dir() or not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: expected a file in an existing folder")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {e.strerror}") from None
     return path
 
 
@@ -137,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a bundled trace (" + ", ".join(f"{n}: {bundled_direction(n)}" for n in bundled_names())
                         + "; a downlink trace stands in for the uplink) or a trace file (default: %(default)s)")
     s.add_argument("--trace-format", default="auto",
-                   choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"])
+                   choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"],
+                   help="the format of a trace file (default: %(default)s, from its first line)")
     s.add_argument("--slo-ms", type=POSITIVE, default=DEFAULTS["slo_ms"],
                    help="end-to-end latency SLO per inference (default: %(default)s)")
     s.add_argument("--clients", type=COUNT, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
@@ -186,6 +200,7 @@ def simulate(args: argparse.Namespace) -> int:
     from .serving import report, zoo
     from .serving.devices import DEVICES, PHONE_SPEEDS
     from .serving.partitions import for_device
+    from .serving.profiles import load as load_profile
     from .serving.resolve import profile_for, trace_for
     from .serving.seeds import MIN_DURATION_BUDGETS, over_seeds
     from .serving.simulator import Scenario
@@ -196,6 +211,12 @@ def simulate(args: argparse.Namespace) -> int:
     if args.duration_s < MIN_DURATION_BUDGETS * args.slo_ms / 1e3:
         raise GraftError(f"--duration-s {args.duration_s:g} with --slo-ms {args.slo_ms:g}: expected a run of at "
                          f"least {MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * args.slo_ms / 1e3:g} s)")
+    if args.replan_s is not None and args.replan_s < args.slo_ms / 1e3:
+        raise GraftError(f"--replan-s {args.replan_s:g} with --slo-ms {args.slo_ms:g}: expected a window of at "
+                         "least the SLO (a plan should outlive the requests it was made for)")
+    if Path(args.profile).is_file():  # a malformed file is reported before any model is built
+        for name in args.models:
+            load_profile(args.profile, name)
     trace = trace_for(args.trace, args.trace_format)
     if args.clients < len(args.models):
         raise GraftError(f"--clients {args.clients} for {len(args.models)} models: expected at least one phone each")

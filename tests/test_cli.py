@@ -85,6 +85,8 @@ def test_bad_arguments_name_what_is_wrong(argv, message, capsys):
     (["--jpeg-quality", "90.5"], "--jpeg-quality: expected a whole number from 1 to 100"),
     (["--devices", "phones"], "argument --devices: invalid choice: 'phones'"),
     (["--models", "resnet50,resnet50"], "--models/--model: expected distinct comma-separated model names"),
+    (["--policies", "graft,graft"], "--policies: expected a comma-separated list of distinct policies"),
+    (["--json", "/proc/r.json"], "--json: cannot write '/proc/r.json'"),
     (["--models", "resnet99"], "unknown model 'resnet99'"),
     (["--json", "/no/such/folder/r.json"], "--json: cannot write '/no/such/folder/r.json'"),
     (["--plot", "."], "--plot: cannot write '.'"),
@@ -120,6 +122,8 @@ def test_several_seeds_add_medians_with_intervals_and_short_runs_are_refused(tmp
     assert [s["seeds"] for s in doc["over_seeds"]] == [2, 2] and doc["config"]["seeds"] == 2
     assert main([*SMALL, "--duration-s", "1", "--slo-ms", "500"]) == 2
     assert "--duration-s 1 with --slo-ms 500: expected a run of at least 10 times the SLO" in capsys.readouterr().err
+    assert main([*SMALL, "--replan-s", "0.1"]) == 2
+    assert "--replan-s 0.1 with --slo-ms 500: expected a window of at least the SLO" in capsys.readouterr().err
 
 
 def test_mps_partitions_are_whole_percentages(tmp_path, capsys):

@@ -75,8 +75,12 @@ class Deployment:
     def __str__(self) -> str:
         name = self.partitioning.describe
         lines = []
+        several = any(m for d in self.devices for m in d.models)
         for i, d in enumerate(self.devices):
-            parts = ", ".join(f"{'+'.join(f'g{g}' for g in p.groups)}:{name(p.share)}" for p in d.partitions)
+            models = d.models or (0,) * len(d.partitions)
+            prefix = [f"m{m}." if several else "" for m in models]
+            parts = ", ".join("+".join(f"{pre}g{g}" for g in p.groups) + f":{name(p.share)}"
+                              for pre, p in zip(prefix, d.partitions))
             memory = "" if d.memory_bytes is None else f", {d.memory_bytes / 2**30:.1f} GiB"
             lines.append(f"device {i} ({name(d.share)}{memory}): {parts}")
         return "\n".join(lines)

@@ -193,7 +193,8 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         raise GraftError(f"no share could be measured: {errors}")
     shares = [1.0 if c is None else c / total_sms for c in kept]
     meta = {"torch": torch.__version__, "dtype": str(cast or sel.row_dtype(0)).replace("torch.", ""),
-            "precision": f"{precision}: {PRECISIONS[precision]}",
+            "precision": f"{precision}: " + (PRECISIONS[precision] if device.type == "cuda" or precision == "bf16"
+                                             else "float32 (a CPU has no TF32)"),
             "timing": (f"median and p99 of {reps} after {warmup} warm-up, "
                        + ("CUDA events" if device.type == "cuda" else
                           f"perf_counter, {torch.get_num_threads()} threads")),

@@ -150,6 +150,11 @@ class Plan:
         if not self.partitions:
             own = tuple(Partition(g.share, (i,)) for i, g in enumerate(self.groups) for _ in range(g.replicas))
             object.__setattr__(self, "partitions", own)
+        if self.partitioning is not None:
+            grid = self.partitioning.grid
+            odd = sorted({p.share for p in self.partitions if not np.any(np.abs(grid - p.share) < 1e-9)})
+            if odd:
+                raise GraftError(f"partitions of shares {odd}: expected shares that {self.partitioning} can make")
 
     @property
     def total_share(self) -> float:

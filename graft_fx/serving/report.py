@@ -19,13 +19,14 @@ from .seeds import Summary
 from .simulator import POLICIES, PolicyResult, Stream
 from .stats import Median
 
-COLUMNS = ("policy", "GPUs", "share", "vs graft", "on time", "on time (attainable)", "goodput/s", "p50 ms",
-           "p99 ms", "dropped")
+COLUMNS = ("policy", "GPUs", "share", "vs graft", "on time", "on time (attainable)", "attainable", "goodput/s",
+           "p50 ms", "p99 ms", "dropped")
 COLUMN_NOTES = (
     "GPUs: whole devices the plan's partitions pack onto (memory and partition limits included); "
     "share: the plan's partitions in GPUs (1.00 = one device); vs graft: share over graft's share",
     "on time: answered within the SLO, of all requests and of the attainable ones (the target is 99% of "
-    "those); goodput: on-time answers per second",
+    "those); attainable: requests some server could answer in time (full-model's phones send other "
+    "requests); goodput: on-time answers per second",
     "p50/p99: end-to-end latency of answered requests, from the phone starting the inference; the "
     "policy starts each batch at its latest start, so answers come late but within their deadlines",
     "*: some partition is smaller than the profile's smallest measured share (latency extrapolated as 1/share)",
@@ -94,7 +95,8 @@ def why_unattainable(facts: Mapping[str, Any]) -> str:
                if over else "")
     return (f"{line}{because} (median phone time {facts['median_device_ms']} ms, median upload "
             f"{facts['median_upload_ms']} ms): the rest arrive with less budget than their fragment takes "
-            "alone on a whole GPU, and every policy loses them alike")
+            "alone on a whole GPU, and graft and per-fragment lose them alike (full-model's phones upload "
+            "the image instead, and its attainable column counts its own)")
 
 
 def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Fragments,
@@ -120,7 +122,12 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments:
     plans = [f"{r.name} plan{f' ({p.model})' if several else ''}: {line}" for r in results if r.share is not None
              for p in (r.parts or (r,)) if p.plan is not None
              for line in describe_plan(p.plan, fragments.get(p.model, ()))]
-    return "\n".join(head + [""] + lines + [""] + [f"  {note}" for note in COLUMN_NOTES] + [""] + plans)
+    deployed = [f"{r.name} on {r.gpus} GPU{'s' if r.gpus != 1 else ''}: {line}" for r in results
+                if r.deployment is not None and r.gpus is not None for line in str(r.deployment).splitlines()]
+    if any(r.deployment is not None and not r.deployment.memory_checked for r in results if r.gpus is not None):
+        deployed.append("memory not checked: the profile has no memory figures or its device's memory is unknown")
+    return "\n".join(head + [""] + lines + [""] + [f"  {note}" for note in COLUMN_NOTES] + [""] + misses(results)
+                     + plans + deployed)
 
 
 def describe_plan(plan: Plan, fragments: Sequence[str]) -> list[str]:
@@ -148,7 +155,8 @@ def seeds_table(summaries: Sequence[Summary]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     coverage = next((s.share.coverage for s in summaries if s.share is not None), None)
     note = (f"over {len(summaries[0].results)} seeds: median [interval covering the true median with "
-            f"probability {coverage:.1%}], of the seeds where the policy reached the target" if coverage else "")
+            f"probability {coverage:.1%}], of the seeds where the policy reached the target" if coverage
+            else f"over {len(summaries[0].results)} seeds: no policy reached the target on any seed")
     return "\n".join([note] + lines)
 
 
@@ -160,10 +168,31 @@ def _row(r: PolicyResult, graft: float | None) -> tuple[str, ...]:
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    ratio = "-" if graft is None or r.share is None else f"{r.share / graft:.2f}x"
-    share = num(r.share, ".3f") + ("*" if r.extrapolated and r.share is not None else "")
+    ratio = "-" if graft is None or r.share is None else f"{_figure(r.share / graft, 2)}x"
+    share = ("-" if r.share is None else _figure(r.share, 3)) + ("*" if r.extrapolated and r.share is not None else "")
     return (r.name, num(r.gpus, "d"), share, ratio, num(r.slo_attainment, ".1%"), num(r.attainable_attainment, ".1%"),
-            num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"), num(r.p99_ms, ".0f"), num(r.dropped, "d"))
+            str(r.attainable), num(r.goodput_rps, ".1f"), num(r.p50_ms, ".0f"), num(r.p99_ms, ".0f"),
+            num(r.dropped, "d"))
+
+
+def _figure(x: float, places: int) -> str:
+    """``places`` decimals, or as many significant digits when that would print a small number as 0."""
+    return format(x, f".{places}f") if x >= 10 ** (1 - places) else format(x, f".{places}g")
+
+
+def misses(results: Sequence[PolicyResult]) -> list[str]:
+    """For each simulated policy that reached no target: the most it tried, and how close it came."""
+    lines = []
+    several = any(r.parts for r in results)
+    for r in (p for result in results for p in (result.parts or (result,))):
+        if r.share is None and r.searched:
+            share, on_time = max(r.searched)
+            closest = max(a for _, a in r.searched)
+            model = f" ({r.model})" if several else ""
+            lines.append(f"{r.name}{model}: none of the {len(r.searched)} plans simulated reached the target; the largest "
+                         f"({_figure(share, 3)} of a GPU) answered {on_time:.1%} of the attainable requests on time, "
+                         f"the closest {closest:.1%}")
+    return lines
 
 
 def plot(config: Mapping[str, Any], results: Sequence[PolicyResult], path: str | Path) -> None:

@@ -236,7 +236,8 @@ def profile_from_costs(name: str, pieces: Sequence[Piece], costs: Sequence[Seque
     s = acc.default_shares() if shares is None else np.array(sorted(set(float(x) for x in shares)))
     b = np.array(sorted(set(int(x) for x in batches)))
     meta = {"model": "roofline", "accelerator": _as_dict(acc), "dtype": "float32",
-            "precision": f"default: {PRECISIONS['default']}",
+            "precision": f"default: {PRECISIONS['default']}" if acc.conv_flops > acc.matmul_flops
+                         else "default: float32 (no TF32 on this accelerator)",
             "timing": "modelled: roofline per layer with eager launch costs"}
     return Profile(name, acc.description, f"modelled (roofline, {acc.name.upper()} preset)",
                    tuple(pieces), s, b, latency_table(costs, acc, s, b), None, meta)

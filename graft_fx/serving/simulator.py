@@ -413,7 +413,8 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
 def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequence[float],
                 partitioning: Partitioning, replan_s: float | None) -> list[tuple[float, list[Epoch]]]:
     """The distinct plans (epoch lists) of every (quantile, headroom), by total share; plans the
-    profile cannot make (more load than it can plan for) are left out.
+    profile cannot make (more load than it can plan for) and plans that do not fit on GPUs
+    (`deployment.deploy`: a partition needing more memory than a GPU has) are left out.
 
     With ``realign`` the per-fragment plans are candidates too: one instance per type is a
     realigned deployment of singleton groups, and the planner, which sizes expected batches,
@@ -429,11 +430,21 @@ def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequ
                 except GraftError:
                     break  # more load than the profile can plan for, and more headroom only adds load
                 key = tuple((e.start_s, e.plan) for e in epochs)
-                if key not in seen:
+                if key not in seen and _deployable(epochs, profile):
                     seen.add(key)
                     out.append((Run(tuple(epochs), np.zeros(0), stream.end_s).total_share, epochs))
     out.sort(key=lambda c: c[0])
     return out
+
+
+def _deployable(epochs: Sequence[Epoch], profile: Profile) -> bool:
+    """Whether every epoch's plan packs onto GPUs (a partition may need more memory than a GPU has)."""
+    try:
+        for e in epochs:
+            deploy(e.plan, profile)
+    except GraftError:
+        return False
+    return True
 
 
 def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], profile: Profile) -> PolicyResult:
@@ -450,11 +461,13 @@ def result(name: str, stream: Stream, best: Run | None, runs: Sequence[Run], pro
     answered = ~np.isnan(shown.finish_s)
     latencies_ms = (shown.finish_s[answered] - stream.send_s[answered]) * 1e3
     p50, p99 = (float(np.percentile(latencies_ms, q)) for q in (50, 99)) if answered.any() else (None, None)
-    deployment = deploy(shown.plan, profile)
+    # the GPUs to buy are the most that any epoch's plan packs onto
+    deployment = max((deploy(e.plan, profile) for e in shown.epochs), key=lambda d: (d.gpus, d.total_share))
     return PolicyResult(name, shown.total_share if best else None, float(on_time.mean()) if n else 1.0,
                         float(on_time.sum() / stream.duration_s), p50, p99, int(n - answered.sum()), n,
                         attainable, float((on_time & stream.attainable).sum() / max(attainable, 1)),
-                        deployment.gpus if best else None, any(g.extrapolated for g in shown.plan.groups),
+                        deployment.gpus if best else None, any(g.extrapolated for e in shown.epochs
+                                                               for g in e.plan.groups),
                         np.sort(latencies_ms), shown.plan, deployment, searched, profile.model)
 
 

@@ -47,17 +47,17 @@ def test_mps_clients_cap_a_device_at_48_partitions():
 
 
 def test_memory_limits_a_device_and_is_charged_per_context():
-    one = memory_bytes(RESNET, Plan((group(0, 0.25),), GREEN), Partition(0.25, (0,)))
+    one = memory_bytes(RESNET, Plan((group(0, 32 / 132),), GREEN), Partition(32 / 132, (0,)))
     assert one > sum(p.weight_bytes for p in RESNET.pieces)  # weights, and activations for 64 rows
     small = P.green_contexts(P.Device("small", 132, 2 * one + P.CONTEXT_BYTES, (9, 0)))
-    the_plan = Plan((group(0, 0.25, replicas=3),), small)
+    the_plan = Plan((group(0, 32 / 132, replicas=3),), small)
     d = deploy(the_plan, RESNET)
     check(d, the_plan)
     assert [len(dev.partitions) for dev in d.devices] == [2, 1]  # three would fit the SMs, not the memory
 
 
 def test_time_shared_groups_hold_every_members_weights_and_one_batch():
-    the_plan = Plan((group(0, 0.25), group(9, 0.25)), GREEN, (Partition(0.25, (0, 1)),))
+    the_plan = Plan((group(0, 32 / 132), group(9, 32 / 132)), GREEN, (Partition(32 / 132, (0, 1)),))
     both = memory_bytes(RESNET, the_plan, the_plan.partitions[0])
     weights = sum(p.weight_bytes for p in RESNET.pieces) + sum(p.weight_bytes for p in RESNET.pieces[9:])
     assert both == weights + RESNET.max_batch * max(p.workspace_bytes for p in RESNET.pieces)
@@ -66,7 +66,7 @@ def test_time_shared_groups_hold_every_members_weights_and_one_batch():
 def test_a_partition_larger_than_a_device_is_refused():
     tiny = P.green_contexts(P.Device("tiny", 132, 1 << 20, (9, 0)))
     with pytest.raises(GraftError, match="fit on one device"):
-        deploy(Plan((group(0, 0.25),), tiny), RESNET)
+        deploy(Plan((group(0, 32 / 132),), tiny), RESNET)
 
 
 def test_planned_deployments_of_the_shipped_profile():
@@ -80,5 +80,10 @@ def test_profiles_without_memory_figures_pack_on_shares_alone():
     bare = profiles.from_json({"batches": [1], "models": {"m": {"pieces": [
         {"from": "x", "to": "output", "flops_share": 1.0, "activation_bytes": 4, "row_shape": [1],
          "latency_ms": {"1.0": {"1": 1.0}}}]}}}, "m")
-    d = deploy(Plan((group(0, 0.5, replicas=3),), GREEN), bare)
+    d = deploy(Plan((group(0, 64 / 132, replicas=3),), GREEN), bare)
     assert not d.memory_checked and d.gpus == 2
+
+
+def test_a_plan_refuses_partitions_its_gpu_cannot_make():
+    with pytest.raises(GraftError, match="expected shares that green-context on NVIDIA H200"):
+        Plan((group(0, 66 / 132),), GREEN)
