@@ -87,7 +87,7 @@ def run_cell(args, model_name, trace_name, upload, private, phones, budget_ms, c
                         private_input=private)
 
     started = time.perf_counter()
-    summaries, stream = over_seeds(scenario, range(args.seed, args.seed + args.seeds), POLICIES)
+    summaries, (stream,) = over_seeds(scenario, range(args.seed, args.seed + args.seeds), POLICIES)
     by = {s.name: s for s in summaries}
     types = len({r.fragment for r in stream.requests})
     rate = len(stream.requests) / stream.duration_s
