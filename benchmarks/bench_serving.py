@@ -145,6 +145,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = sorted({(r["model"], r["trace"], r["upload"], r.get("partitions", "green-context"))
                      for r in rows if r["private_input"]})
@@ -164,6 +165,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.fill_between(x, [p[1]["low"] for p in pts], [p[1]["high"] for p in pts], color=f"C{i}", alpha=0.2)
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("requests per second per fragment type")
         ax.set_ylabel("per-fragment / graft (GPU share)")
         ax.set_title(f"{model}, {trace}, {upload}, {kind}", fontsize=9)
