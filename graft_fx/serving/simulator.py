@@ -212,9 +212,12 @@ class PolicyResult:
     parts: tuple[PolicyResult, ...] = field(repr=False, default=())  # per model, when `combine`d
 
     def to_json(self) -> dict:
+        """The figures, and ``searched``: the (total share, fraction of attainable requests on
+        time) of every plan the search simulated, cheapest first."""
         keys = ("name", "share", "gpus", "slo_attainment", "attainable_attainment", "goodput_rps", "p50_ms",
                 "p99_ms", "dropped", "requests", "attainable", "extrapolated")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys},
+                "searched": [[round(share, 4), round(on_time, 4)] for share, on_time in self.searched]}
 
 
 def combine(parts: Sequence[PolicyResult], profiles: Sequence[Profile]) -> PolicyResult:

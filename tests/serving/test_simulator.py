@@ -54,7 +54,9 @@ def test_every_policy_reports_every_figure_and_the_bound_is_lowest():
     assert res["bound"].requests == res["graft"].requests == res["per-fragment"].requests
     assert set(res["bound"].to_json()) == {"name", "share", "gpus", "slo_attainment", "attainable_attainment",
                                            "goodput_rps", "p50_ms", "p99_ms", "dropped", "requests", "attainable",
-                                           "extrapolated"}
+                                           "extrapolated", "searched"}
+    curve = res["graft"].to_json()["searched"]
+    assert curve and curve == sorted(curve) and any(on_time >= 0.99 for _, on_time in curve)
 
 
 def test_full_model_sends_every_request_at_the_raw_input():
