@@ -55,8 +55,6 @@ import argparse
 import gc
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -65,6 +63,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from machine import describe
 import torchvision
 
 import graft_fx
@@ -587,30 +586,6 @@ def summary(records: list[Record]) -> dict[str, int]:
     }
 
 
-def describe_machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
-    try:
-        import timm
-
-        machine["timm"] = timm.__version__
-    except ImportError:
-        pass
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        machine["graft_fx"] = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
-                                             capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return machine
-
-
 # --- main --------------------------------------------------------------------------------------
 
 def parse_args(cases: dict[str, Case]) -> argparse.Namespace:
@@ -658,7 +633,7 @@ def main() -> None:
         return report(args.report, args.markdown)
     if args.threads:
         torch.set_num_threads(args.threads)
-    machine = describe_machine()
+    machine = describe()
     print(" | ".join(f"{k}: {v}" for k, v in machine.items()), flush=True)
     records: list[Record] = []
     done: dict[str, Record] = {}

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import time
 
 import torch
 import torchvision
+from machine import describe
 
 import graft_fx
 from graft_fx.verify import verify
@@ -60,8 +60,9 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()} | threads: {torch.get_num_threads()} | "
-          f"torch {torch.__version__} | {args.model}, {args.cuts} cuts, {args.reps} repetitions")
+    machine = describe()
+    print(f"{machine['cpu']} | threads: {machine['torch_threads']} | torch {machine['torch']} | "
+          f"{args.model}, {args.cuts} cuts, {args.reps} repetitions")
     runs = []
     for _ in range(args.reps):
         runs.append(steps(args.model, args.cuts))

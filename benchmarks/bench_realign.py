@@ -35,8 +35,6 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -45,6 +43,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx as fx
+from machine import describe
 import torchvision
 from tqdm import tqdm
 
@@ -103,26 +102,6 @@ class Setting:
 
 
 # --- machine -----------------------------------------------------------------------------------
-
-def describe_machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    machine = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
-    return machine
-
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -306,7 +285,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = describe_machine(device)
+    machine = describe(device)
     print(" | ".join(f"{k}: {v}" for k, v in machine.items()))
     print(f"reps {args.reps} (median), warmup {args.warmup}, rows per fragment "
           f"{args.rows or f'1..{MAX_ROWS} (seeded)'}")

@@ -48,7 +48,11 @@ import graft_fx
 
 
 def _load_bench():
+    """benchmarks/bench_coverage.py as a module, with its folder on the path as when it runs as a
+    script (it imports the folder's `machine` module)."""
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_coverage.py"
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location("bench_coverage", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("bench_coverage", module)  # dataclasses resolve their module by name

@@ -61,12 +61,13 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = _cpu_model() or platform.processor()
+    model = cpu_model() or platform.processor()
     parts = ([model] if model else []) + [f"{os.cpu_count()} cores", f"{torch.get_num_threads()} threads"]
     return f"CPU ({', '.join(parts)})"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or "" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
