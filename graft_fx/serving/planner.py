@@ -160,6 +160,10 @@ class Plan:
     def total_share(self) -> float:
         return sum(p.share for p in self.partitions)
 
+    def describe(self, share: float) -> str:
+        """A share as the plan's partitioning names it ("16 SMs", "12%"), else as a fraction."""
+        return self.partitioning.describe(share) if self.partitioning else f"{share:.3f}"
+
     def group_of(self, fragment: int) -> int:
         """The index in ``groups`` of the group that serves ``fragment``."""
         for i, g in enumerate(self.groups):
@@ -170,8 +174,7 @@ class Plan:
 
     def __str__(self) -> str:
         head = ("group", "fragments", "share", "replicas", "cycle ms", "latency ms", "budget ms")
-        name = self.partitioning.describe if self.partitioning else (lambda s: f"{s:.3f}")
-        rows = [head] + [(str(i), ",".join(map(str, g.fragments)), name(g.share) + "*" * g.extrapolated,
+        rows = [head] + [(str(i), ",".join(map(str, g.fragments)), self.describe(g.share) + "*" * g.extrapolated,
                           str(g.replicas),
                           f"{g.duty_cycle_s * 1e3:.3f}", f"{g.latency_s * 1e3:.3f}",
                           f"{g.budget_s * 1e3:.3f}") for i, g in enumerate(self.groups)]
@@ -368,6 +371,10 @@ class _Tables:
         self.step = np.maximum(np.diff(blocks, axis=1, append=blocks[:, -1:]), 0).reshape(
             self.latency.shape)
 
+    def extrapolated(self, s: int) -> bool:
+        """Whether grid share ``s`` lies below the profile's smallest measured share."""
+        return bool(self.shares[s] < self.least_measured - 1e-12)
+
     def lookup(self, blocks: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``out[i, j, m]``: block ``blocks[i]`` on ``rows[i, j]`` rows at measured share ``m``
         (linear between whole rows, as the profile interpolates)."""
@@ -444,7 +451,7 @@ def _group(t: _Tables, a: int, b: int, runs: _Runs) -> Group:
     replicas = int(runs.replicas[i])
     return Group(tuple(int(f) for f in t.frags[a:b]), float(t.shares[s]), replicas,
                  replicas * float(u), busy, float(runs.latency[i]), float(t.budgets[a:b].min()),
-                 float(rows[-1, 0]), bool(t.shares[s] < t.least_measured - 1e-12))
+                 float(rows[-1, 0]), t.extrapolated(s))
 
 
 # Time sharing.
@@ -534,7 +541,7 @@ def _time_share(t: _Tables, groups: list[Group], partitioning: Partitioning) -> 
             latency, busy, _, rows = arrays[i]
             out[i] = replace(groups[i], share=float(t.shares[s]), duty_cycle_s=float(t.u[k]),
                              busy_s=float(busy[k, s]), latency_s=float(latency[k, s]), rows=float(rows[k]),
-                             extrapolated=bool(t.shares[s] < t.least_measured - 1e-12))
+                             extrapolated=t.extrapolated(s))
         partitions.append(Partition(float(t.shares[s]), tuple(sorted(turn.members))))
     partitions.sort(key=lambda p: p.groups)
     return Plan(tuple(out), partitioning, tuple(partitions))

@@ -57,7 +57,7 @@ def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragment
 
 
 def _plan_json(plan: Plan, fragments: Sequence[str]) -> dict[str, Any]:
-    name = plan.partitioning.describe if plan.partitioning else str
+    name = plan.describe
     return {
         "groups": [{"fragments": [_cut(fragments, f) for f in g.fragments], "partition": name(g.share),
                     "share": round(g.share, 4), "replicas": g.replicas,
@@ -104,11 +104,7 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments:
     """A plain-text report: what was simulated, on which profile and partitions, how many requests
     could be served at all, one row per policy, the column notes, and each policy's plan."""
     graft = next((r.share for r in results if r.name == "graft"), None)
-    rows = [COLUMNS] + [_row(r, graft) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned([COLUMNS] + [_row(r, graft) for r in results])
     head = [f"{config['model']} on {config['trace']}, SLO {config['slo_ms']:g} ms, {config['clients']} phones "
             f"at {config['rate_per_s']:g}/s for {config['duration_s']:g} s (seed {config['seed']})"
             + (f", re-planned every {config['replan_s']:g} s (shares averaged over time)"
@@ -132,7 +128,7 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments:
 
 def describe_plan(plan: Plan, fragments: Sequence[str]) -> list[str]:
     """One line per partition kind: its groups by cut name, its size, how many, and the cycle."""
-    name = plan.partitioning.describe if plan.partitioning else (lambda s: f"{s:.3f}")
+    name = plan.describe
     lines = []
     for p in dict.fromkeys(plan.partitions):  # one line per distinct partition
         count = plan.partitions.count(p)
@@ -150,14 +146,21 @@ def seeds_table(summaries: Sequence[Summary]) -> str:
     head = ("policy", "reached", "share", "vs graft", "GPUs", "on time (attainable)")
     rows = [head] + [(s.name, f"{s.reached}/{len(s.results)}", _median(s.share, ".3f"), _median(s.vs_graft, ".2f"),
                       _median(s.gpus, ".0f"), _median(s.attainable_attainment, ".1%")) for s in summaries]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
     coverage = next((s.share.coverage for s in summaries if s.share is not None), None)
     note = (f"over {len(summaries[0].results)} seeds: median [interval covering the true median with "
             f"probability {coverage:.1%}], of the seeds where the policy reached the target" if coverage
             else f"over {len(summaries[0].results)} seeds: no policy reached the target on any seed")
     return "\n".join([note] + lines)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """``rows`` (the first the header) as text columns: the first left-aligned, the others
+    right-aligned, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def _median(m: Median | None, fmt: str) -> str:

@@ -46,8 +46,8 @@ cheapest first until one answers on time at least ``target`` of the *attainable*
 the plans of that same share, the one with the best attainment wins. ``alpha`` never goes below
 1: every plan keeps up with the load it observed. Attainable requests are those whose budget
 covers their fragment's latency alone on the whole accelerator: the network left the rest no time
-at all, every policy loses them alike, no plan is sized for them, and ``slo_attainment`` counts
-them.
+at all, graft and per-fragment lose them alike (full-model's phones send other requests, with
+their own count), no plan is sized for them, and ``slo_attainment`` counts them.
 
 Shares are the partitions the accelerator can make (`partitions.Partitioning`: by default green
 contexts of the profile's device, 8-SM steps on an H200), the same for every policy.
@@ -134,9 +134,13 @@ class Stream:
         return np.array([r.fragment for r in self.requests], dtype=int)
 
     @cached_property
+    def arrival_s(self) -> np.ndarray:
+        return np.array([r.arrival_s for r in self.requests], dtype=float)
+
+    @cached_property
     def end_s(self) -> float:
         """When the last request arrives, or the sending ends if later."""
-        return max(self.duration_s, max((r.arrival_s for r in self.requests), default=0.0))
+        return max(self.duration_s, float(self.arrival_s.max(initial=0.0)))
 
     def rates(self, attainable_only: bool = False) -> dict[int, float]:
         """Fragment type -> requests per second (of the attainable ones only, if asked)."""
@@ -340,8 +344,9 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run
         share: dict[int, list] = {}  # partition -> (requests, latency) of each of its groups
         for g, places in seats.items():
             requests = routed.get((k, g), [])
-            latency = group_latency(profile, sorted({r.fragment for r in requests}) or [0],
-                                    epoch.plan.partitions[places[0]].share)
+            # priced on the types present (a one-type batch takes the fast path), else on the group's
+            present = sorted({r.fragment for r in requests}) or list(epoch.plan.groups[g].fragments)
+            latency = group_latency(profile, present, epoch.plan.partitions[places[0]].share)
             for replica, p in enumerate(places):
                 share.setdefault(p, []).append((requests[replica::len(places)], latency))
         for turns in share.values():
@@ -367,8 +372,7 @@ def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, 
         return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha), realign, partitioning))]
     budgets = {d.fragment: d.budget_s for d in demands(stream, profile, quantile)}
     replanner = Replanner(profile, budgets, realign=realign, partitioning=partitioning)
-    arrivals = np.array([r.arrival_s for r in stream.requests])
-    fragments = np.array([r.fragment for r in stream.requests])
+    arrivals, fragments = stream.arrival_s, stream.fragment
     windows = max(1, math.ceil(max(arrivals.max(initial=0.0), stream.duration_s) / replan_s))
     epochs: list[Epoch] = []
     for w in range(windows):
