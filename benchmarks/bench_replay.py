@@ -4,7 +4,7 @@ A synthetic stream of ``--requests`` requests (default one million) of several R
 types arrives as one Poisson process; each request's server budget is uniform in
 [``--budget-ms``] (25-200 ms by default). The planner makes one plan for the stream's rates and
 the 1st percentile of its budgets on the shipped H200 profile, and the stream is replayed through
-it by `simulator.run_plan`, as the least-share search replays every candidate plan. Only the
+it by `replay.run_plan`, as the least-share search replays every candidate plan. Only the
 replay is timed; generating the stream and planning are not.
 
     python benchmarks/bench_replay.py                      # one million requests
@@ -15,7 +15,7 @@ replay is timed; generating the stream and planning are not.
 At the default 2000 requests/s on fragment types 0, 2, 5 and 8 the plan is one instance, busy
 about 70-90% of the time with batches of about 40 (the profile's latency barely grows with the
 batch, so waiting until the latest start fills batches). ``--alpha`` below 1 plans for less load
-than arrives, as `simulator.least_share`'s search may try: queues grow, most requests expire and
+than arrives, as `search.least_share`'s search may try: queues grow, most requests expire and
 batches are small, which is the replay's other regime.
 
 It prints the requests, those on time, the drops, the seconds, requests/s and the time that rate
@@ -33,8 +33,9 @@ import numpy as np
 
 from graft_fx.serving import profiles
 from graft_fx.serving.planner import Demand, plan
+from graft_fx.serving.replay import run_plan
 from graft_fx.serving.requests import Request
-from graft_fx.serving.simulator import Stream, run_plan
+from graft_fx.serving.stream import Stream
 
 MILLION = 1_000_000
 
@@ -42,7 +43,7 @@ MILLION = 1_000_000
 def stream(n: int, rate: float, fragments: list[int], budget_ms: tuple[float, float],
            seed: int) -> list[Request]:
     """``n`` Poisson arrivals at ``rate`` per second, each of a uniformly drawn fragment type with
-    a uniform budget; ids are 0..n-1 in arrival order (as `simulator.Stream` numbers them)."""
+    a uniform budget; ids are 0..n-1 in arrival order (as `stream.Stream` numbers them)."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
     budgets = rng.uniform(budget_ms[0] / 1e3, budget_ms[1] / 1e3, n)
@@ -53,7 +54,7 @@ def stream(n: int, rate: float, fragments: list[int], budget_ms: tuple[float, fl
 
 def make_plan(profile, requests: list[Request], quantile: float, alpha: float):
     """The planner's plan for the stream's per-type rates times ``alpha`` and budget quantile
-    (``alpha`` below 1 under-provisions, as `simulator.least_share`'s search may try)."""
+    (``alpha`` below 1 under-provisions, as `search.least_share`'s search may try)."""
     duration = requests[-1].arrival_s - requests[0].arrival_s
     by_type: dict[int, list[float]] = {}
     for r in requests:
@@ -63,7 +64,7 @@ def make_plan(profile, requests: list[Request], quantile: float, alpha: float):
 
 
 def replay(profile, the_plan, requests: list[Request]):
-    """The stream through the plan by `simulator.run_plan`, as the least-share search replays it."""
+    """The stream through the plan by `replay.run_plan`, as the least-share search replays it."""
     arrivals = np.array([r.arrival_s for r in requests])
     stream = Stream(tuple(requests), arrivals, np.ones(len(requests), dtype=bool), float(arrivals[-1]))
     return stream, run_plan(stream, profile, the_plan)

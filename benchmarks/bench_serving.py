@@ -42,7 +42,8 @@ from graft_fx.serving.devices import PHONE_SPEEDS
 from graft_fx.serving.measure import device_name
 from graft_fx.serving.partitions import for_device
 from graft_fx.serving.seeds import over_seeds
-from graft_fx.serving.simulator import Scenario, fragment_cuts
+from graft_fx.serving.simulator import Scenario
+from graft_fx.serving.stream import fragment_cuts
 from graft_fx.serving.uploads import Upload
 from graft_fx.serving.workload import generate, make_clients, model_costs
 

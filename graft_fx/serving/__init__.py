@@ -8,7 +8,8 @@ choices), `profiles` (latency against batch size and share: `measure`d here, loa
 by `roofline`, over the `pieces` of a model), `partitions` (the shares a GPU can make), `planner`
 (grouping fragment types, sizing their partitions, time sharing), `deployment` (plans packed onto
 whole GPUs), `batching` (deadline-aware batch formation), `simulator` (which replays one request
-stream through every policy), `seeds` and `stats` (figures over seeds, with confidence intervals)
+stream through every policy, built from `stream`, `pricing`, `routing`, `replay`, `search` and
+`results`), `seeds` and `stats` (figures over seeds, with confidence intervals)
 and `report` (its table, JSON and plot). `zoo` and `resolve` turn
 names into models, traces and profiles.
 """
@@ -20,7 +21,8 @@ from .planner import Demand, Group, Partition, Plan, Replanner, fluid_bound, pla
 from .profiles import Piece, Profile
 from .requests import Request
 from .seeds import Summary, over_seeds
-from .simulator import POLICIES, PolicyResult, Scenario, simulate
+from .results import PolicyResult
+from .simulator import POLICIES, Scenario, simulate
 from .stats import Median, median_ci
 from .devices import DEVICES, PHONE_SPEEDS, DeviceClass, LogNormalSpeeds
 from .uploads import CutTensor, Upload

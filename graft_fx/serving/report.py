@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from .planner import Plan
+from .results import PolicyResult
 from .seeds import Summary
-from .simulator import POLICIES, PolicyResult, Stream
+from .simulator import POLICIES
 from .stats import Median
+from .stream import Stream
 
 COLUMNS = ("policy", "GPUs", "share", "vs graft", "on time", "on time (attainable)", "attainable", "goodput/s",
            "p50 ms", "p99 ms", "dropped")

@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import GraftError
-from .simulator import POLICIES, PolicyResult, Scenario, Stream, combine, make_stream, simulate
+from .results import PolicyResult, combine
+from .simulator import POLICIES, Scenario, simulate
 from .stats import Median, median_ci
+from .stream import Stream, make_stream
 
 MIN_DURATION_BUDGETS = 10  # a run lasts at least this many times its largest server budget
 
@@ -58,7 +60,7 @@ def over_seeds(make: Callable[[int], Scenario | Sequence[Scenario]], seeds: Sequ
     docstring); also the first seed's request streams, for reporting.
 
     ``make`` may return several scenarios, one per model served at once: each is simulated on its
-    own, and a policy's figures for the seed are the models' together (`simulator.combine`: the
+    own, and a policy's figures for the seed are the models' together (`results.combine`: the
     shares add up, the plans pack onto one set of GPUs). ``progress`` is told each policy's name
     as its simulation of one model for one seed finishes. Raises GraftError for no seeds or a run
     shorter than `check_duration` allows.

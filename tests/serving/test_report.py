@@ -7,7 +7,7 @@ from graft_fx.serving.partitions import DEVICES, green_contexts
 from graft_fx.serving.planner import Group, Partition, Plan
 from graft_fx.serving.report import attainability, describe_plan, why_unattainable
 from graft_fx.serving.requests import Request
-from graft_fx.serving.simulator import Stream
+from graft_fx.serving.stream import Stream
 
 
 def stream(uploads_s, attainable):
