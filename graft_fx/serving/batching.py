@@ -21,7 +21,9 @@ the earliest moment the executor can take a new batch:
   is free the candidate starts now if waiting cannot make it larger: it is full (``max_batch``),
   or it already leaves a queued request out (the next request would miss the head's deadline, and
   the bound only tightens with time). Otherwise every queued request rides in the candidate, and
-  the queue waits for arrivals until the latest start. Waiting spends latency slack, which the
+  the queue waits for arrivals until the latest start (less ``lead_s``: a wall-clock caller that
+  wakes a little late or spends time of its own on a batch starts it that much early, where the
+  virtual clock of the simulator needs no lead). Waiting spends latency slack, which the
   deadline does not reward, on larger batches, which throughput does; and since we wait only while
   nobody queued is left out, waiting never costs a queued request its deadline. ``eager=True``
   starts the candidate whenever the executor is free instead: work-conserving, for baselines.
@@ -120,12 +122,15 @@ class BatchQueue:
       again on a prefix it has already priced.
     """
 
-    def __init__(self, latency: Latency, max_batch: int, eager: bool = False):
+    def __init__(self, latency: Latency, max_batch: int, eager: bool = False, lead_s: float = 0.0):
         if max_batch < 1:
             raise GraftError(f"max_batch must be at least 1, got {max_batch}")
+        if not lead_s >= 0:
+            raise GraftError(f"lead_s must be at least 0 seconds, got {lead_s}")
         self.latency = latency
         self.max_batch = max_batch
         self.eager = eager
+        self.lead_s = lead_s
         self.stats = Stats()
         self._queue: list[Request] = []  # sorted: EDF order
         self._keys: list[tuple] = []  # their keys, in the same order
@@ -190,6 +195,48 @@ class BatchQueue:
         if start > alone[0][0]:
             return now
         return self._dispatch_time(start)
+
+    def admits(self, request: Request, start: float) -> bool:
+        """Admission control: whether ``request`` can join the queue without a deadline lost.
+
+        The queue is run, on paper, as the policy runs it when it cannot wait: batch after batch
+        from ``start + lead_s`` (the executor may free up late by as much as a waiting batch may
+        start early), each batch the candidate, the longest EDF prefix of at most ``max_batch``
+        that meets its head's deadline (`_lost`). A head that fits in no batch is lost. The
+        request is admitted when, with it in its EDF place, it is not lost and nobody is lost who
+        would not be without it (requests already doomed, which the next poll drops, do not count
+        against it). A refused request would cost itself or a queued request its deadline:
+        refusing it at the door answers its client at once, where queueing it would answer late
+        or drop someone later.
+        """
+        start += self.lead_s
+        i = bisect.bisect_right(self._keys, _key(request))
+        lost = self._lost(self._queue[:i] + [request] + self._queue[i:], start)
+        if not lost:
+            return True
+        return request.id not in lost and lost <= self._lost(self._queue, start)
+
+    def _lost(self, order: list[Request], start: float) -> set[int]:
+        """The ids of the requests of ``order`` (EDF order) that a back-to-back run of candidate
+        batches from ``start`` loses: heads that cannot meet their deadline even alone."""
+        lost: set[int] = set()
+        t, j, n = start, 0, len(order)
+        while j < n:
+            deadline = order[j].deadline_s
+            lo, hi = 0, min(self.max_batch, n - j)  # the longest prefix that fits: binary search
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if t <= deadline - self.latency(order[j:j + mid]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0:
+                lost.add(order[j].id)
+                j += 1
+            else:
+                t += self.latency(order[j:j + lo])
+                j += lo
+        return lost
 
     def _advance(self, now: float) -> None:
         if now < self._now:
@@ -265,7 +312,7 @@ class BatchQueue:
         can_grow = k == len(self._queue) and k < self.max_batch
         if self.eager or not can_grow:
             return start
-        return self._queue[0].deadline_s - self._prefix_s(k)
+        return max(start, self._queue[0].deadline_s - self._prefix_s(k) - self.lead_s)
 
     def _prefix_s(self, k: int) -> float:
         """The latency of the first ``k`` queued requests, remembered until they change."""
@@ -341,45 +388,86 @@ def run_offline(requests: Iterable[Request], latency: Latency, max_batch: int,
     return Outcome(tuple(batches), tuple(drops), queue.stats)
 
 
-def run_shared(groups: Sequence[tuple[Iterable[Request], Latency]], max_batch: int) -> list[Outcome]:
-    """Serve several groups that take turns on one executor (a time-shared partition) on a
-    virtual clock; one `Outcome` per group, in order.
+class Turns:
+    """The queues of the groups that take turns on one executor (one partition of a plan), and
+    the rule that picks which of them starts a batch: the policy above the queues, on any clock.
 
-    Each group keeps its own EDF `BatchQueue`, work-conserving (``eager``): whenever the executor
-    is free, the queue whose most urgent request has the earliest deadline starts its candidate
-    batch. Waiting for a latest start, as a queue alone on its executor does, would let another
-    group's batch take the executor at that moment; starting at once, the queues' batches follow
-    each other as the load comes, which is the cycle of turns the planner sized the partition for.
+    A group alone on its executor keeps its queue's waiting for the latest start. Several groups
+    are work-conserving (``eager``): whenever the executor is free, the queue whose most urgent
+    request has the earliest deadline starts its candidate batch. Waiting for a latest start, as a
+    queue alone does, would let another group's batch take the executor at that moment; starting
+    at once, the queues' batches follow each other as the load comes, which is the cycle of turns
+    the planner sized the partition for (`planner._time_share`). `run_shared` drives it on a
+    virtual clock, the runtime on the wall clock.
     """
-    queues = [BatchQueue(latency, max_batch, eager=True) for _, latency in groups]
+
+    def __init__(self, latencies: Sequence[Latency], max_batch: int, lead_s: float = 0.0):
+        if not latencies:
+            raise GraftError("Turns: expected the latency of at least one group")
+        eager = len(latencies) > 1
+        self.queues = [BatchQueue(latency, max_batch, eager, lead_s) for latency in latencies]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues)
+
+    def arrive(self, k: int, request: Request, now: float) -> None:
+        """Queue ``request`` on group ``k``'s queue; the caller polls before ``now`` moves on."""
+        self.queues[k].arrive(request, now)
+
+    def poll(self, now: float, busy_until: float) -> tuple[int | None, list[Decision]]:
+        """Poll every queue, the most urgent first: which queue started a batch (None if none did),
+        and each queue's `Decision` (its batch, if it started one, and its drops). Once one queue
+        starts, the executor is busy for the others, whose polls then only drop."""
+        queues = self.queues
+        if len(queues) == 1:
+            decision = queues[0].poll(now, busy_until)
+            return (0 if decision.start else None), [decision]
+        order = sorted(range(len(queues)), key=lambda k: (queues[k]._queue[0].deadline_s if queues[k]._queue
+                                                          else math.inf, k))
+        decisions = [_NOTHING] * len(queues)
+        started = None
+        for k in order:
+            decisions[k] = queues[k].poll(now, busy_until)
+            if decisions[k].start:
+                busy_until, started = queues[k]._busy_until, k
+        if started is not None:  # the queues polled before it saw the executor free
+            for k in order[:order.index(started)]:
+                more = queues[k].poll(now, busy_until).dropped
+                if more:
+                    decisions[k] = Decision(decisions[k].start, decisions[k].dropped + more)
+        return started, decisions
+
+    def busy_until(self, k: int) -> float:
+        """When the batch that queue ``k`` just started finishes, as its latency prices it."""
+        return self.queues[k]._busy_until
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When to poll next if nothing arrives (see `BatchQueue.next_wakeup`); None: all empty."""
+        wakeups = [t for t in (q.next_wakeup(now) for q in self.queues) if t is not None]
+        return min(wakeups, default=None)
+
+
+def run_shared(groups: Sequence[tuple[Iterable[Request], Latency]], max_batch: int) -> list[Outcome]:
+    """Serve several groups that take turns on one executor (a time-shared partition, `Turns`) on
+    a virtual clock whose batches take exactly their latency; one `Outcome` per group, in order."""
+    turns = Turns([latency for _, latency in groups], max_batch)
     arrivals = sorted((r.arrival_s, r.id, k, r) for k, (requests, _) in enumerate(groups) for r in requests)
-    batches: list[list[Batch]] = [[] for _ in queues]
-    drops: list[list[Drop]] = [[] for _ in queues]
+    batches: list[list[Batch]] = [[] for _ in groups]
+    drops: list[list[Drop]] = [[] for _ in groups]
     busy_until, i, n = -math.inf, 0, len(arrivals)
     now = arrivals[0][0] if arrivals else 0.0
-
-    def urgency(k: int) -> tuple[float, int]:
-        return (queues[k]._queue[0].deadline_s if queues[k]._queue else math.inf, k)
-
-    while i < n or any(q._queue for q in queues):
+    while i < n or len(turns):
         while i < n and arrivals[i][0] <= now:
-            queues[arrivals[i][2]].arrive(arrivals[i][3], now)
+            turns.arrive(arrivals[i][2], arrivals[i][3], now)
             i += 1
-        started = None
-        for k in sorted(range(len(queues)), key=urgency):
-            decision = queues[k].poll(now, busy_until)
+        started, decisions = turns.poll(now, busy_until)
+        for k, decision in enumerate(decisions):
             drops[k] += decision.dropped
-            if decision.start:
-                busy_until = queues[k]._busy_until
-                batches[k].append(Batch(now, decision.start, busy_until))
-                started = k
-        if started is not None:  # the queues polled before it saw the executor free
-            for k, q in enumerate(queues):
-                if k != started:
-                    drops[k] += q.poll(now, busy_until).dropped
-        events = [q.next_wakeup(now) for q in queues] + [busy_until if busy_until > now else None,
-                                                         arrivals[i][0] if i < n else None]
+        if started is not None:
+            busy_until = turns.busy_until(started)
+            batches[started].append(Batch(now, decisions[started].start, busy_until))
+        events = [turns.next_wakeup(now), busy_until if busy_until > now else None, arrivals[i][0] if i < n else None]
         later = min((t for t in events if t is not None), default=math.inf)
         assert later > now or started is not None, f"the batching policy stalled at {now}"
         now = later
-    return [Outcome(tuple(b), tuple(d), q.stats) for b, d, q in zip(batches, drops, queues)]
+    return [Outcome(tuple(b), tuple(d), q.stats) for b, d, q in zip(batches, drops, turns.queues)]

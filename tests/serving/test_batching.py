@@ -308,7 +308,7 @@ def test_without_deadlines_nothing_is_dropped_and_batches_are_as_large_as_allowe
 
 @dataclass(frozen=True)
 class Pieces:
-    """latency(batch) as a realigned group prices it (`simulator.group_latency`): piece i runs
+    """latency(batch) as a realigned group prices it (`pricing.group_latency`): piece i runs
     on the rows of every request whose fragment type is at most i, ``table[i][rows]`` each."""
 
     table: tuple  # per piece, non-decreasing in rows, table[i][0] == 0
@@ -455,10 +455,11 @@ def test_shared_partitions_answer_every_request_once_one_batch_at_a_time(scenari
 
 
 @given(scenarios())
-def test_one_group_alone_on_a_shared_partition_is_the_eager_queue(scenario):
+def test_one_group_alone_on_a_partition_waits_as_its_queue_alone(scenario):
+    """`Turns` of one group is the group's own queue, waiting for latest starts: `run_offline`."""
     reqs, latency, max_batch, _ = scenario
     (shared,) = run_shared([(reqs, latency)], max_batch)
-    alone = run_offline(reqs, latency, max_batch, eager=True)
+    alone = run_offline(reqs, latency, max_batch)
     assert shared.batches == alone.batches and shared.drops == alone.drops
 
 
@@ -468,3 +469,40 @@ def test_the_most_urgent_group_takes_the_free_executor():
     a, b = Request(10.0, 0.0, 0, 0), Request(5.0, 0.0, 1, 0)
     out_a, out_b = run_shared([([a], unit), ([b], unit)], 4)
     assert out_b.batches[0].start_s == 0.0 and out_a.batches[0].start_s == out_b.batches[0].finish_s
+
+
+# Admission control and the wall clock's lead (the runtime's use of the queue)
+
+def test_admission_takes_what_fits_and_refuses_what_would_cost_a_deadline():
+    """Batches of k cost 1 + k. Four requests due at 10 fit in one batch from 0 (5 <= 10)."""
+    q = BatchQueue(Linear(1.0, 1.0), max_batch=4)
+    for i in range(4):
+        r = Request(10.0, 0.0, i, 0)
+        assert q.admits(r, 0.0)
+        q.arrive(r, 0.0)
+    # a fifth due at 10 needs a second batch ending at 5 + 2 = 7 <= 10: fits
+    assert q.admits(Request(10.0, 0.0, 4, 0), 0.0)
+    # one due at 6 goes first in EDF order: from 0, a batch of it and three others ends at 5 <= 6
+    # and the last one's at 7 <= 10; from 4, only it fits by 6, and the four behind it would end
+    # at 11 > 10 where without it they end at 9
+    assert q.admits(Request(6.0, 0.0, 5, 0), 0.0)
+    assert not q.admits(Request(6.0, 0.0, 6, 0), 4.0)
+    # alone it cannot make it at all
+    assert not q.admits(Request(1.5, 0.0, 7, 0), 0.0)
+
+
+def test_admission_is_not_blocked_by_a_request_that_is_already_doomed():
+    q = BatchQueue(Linear(1.0, 1.0), max_batch=4)
+    q.arrive(Request(1.0, 0.0, 0, 0), 0.0)  # needs 2, has 1: the next poll drops it
+    assert q.admits(Request(10.0, 0.0, 1, 0), 0.0)
+
+
+def test_a_lead_starts_a_waiting_batch_that_much_before_its_latest_start():
+    plain, early = BatchQueue(Linear(1.0, 1.0), 8), BatchQueue(Linear(1.0, 1.0), 8, lead_s=0.5)
+    for q in (plain, early):
+        q.arrive(Request(10.0, 0.0, 0, 0), 0.0)
+        assert q.poll(0.0, -math.inf) == Decision()
+    assert plain.next_wakeup(0.0) == 8.0 and early.next_wakeup(0.0) == 7.5
+    assert early.poll(7.5, -math.inf).start and not plain.poll(7.5, -math.inf).start
+    with pytest.raises(GraftError, match="lead_s"):
+        BatchQueue(Linear(1.0, 1.0), 8, lead_s=-1.0)
