@@ -12,12 +12,16 @@ residual block or an Inception module two branches are live, so no cut is offere
 
 Cut points are listed in graph order, from the raw input (the whole model runs on the server)
 to the last layer before the output.
+
+``split`` makes the (head, tail) pair of one cut; ``tails`` makes the tails of many cuts from one
+analysis of the model (a server building one instance per fragment type captures the model once,
+not once per type). Both build their graphs from the same analysis by the same code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
@@ -92,15 +96,22 @@ def cut_points(model: Any, example_inputs: Any) -> list[CutPoint]:
     return [cut for cut, _ in located_cuts(analyze(model, example_inputs, f"model ({type(model).__name__})"))]
 
 
-def _find(a: Analysis, at: CutPoint | str) -> tuple[fx.Node, int]:
+def _find(a: Analysis, located: Sequence[tuple[CutPoint, int]], at: CutPoint | str) -> tuple[fx.Node, int]:
+    """The crossing node of cut ``at`` (a CutPoint or its name) and its graph position, among the
+    ``located`` cuts of ``a``; GraftError listing the valid names when there is no such cut."""
     name = at.name if isinstance(at, CutPoint) else at
-    cuts = located_cuts(a)
-    for cut, pos in cuts:
+    for cut, pos in located:
         if cut.name == name:
             return a.nodes[pos], pos
-    names = [c.name for c, _ in cuts]
+    names = [c.name for c, _ in located]
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     raise GraftError(f"{name!r} is not a cut point of this model; its {len(names)} cut points are: {shown}")
+
+
+def _analyzed(model: Any, example_inputs: Any) -> tuple[Analysis, list[tuple[CutPoint, int]]]:
+    """The one analysis of ``model`` that ``split`` and ``tails`` cut from, and its located cuts."""
+    a = analyze(model, example_inputs, f"model ({type(model).__name__})")
+    return a, located_cuts(a)
 
 
 def split(model: Any, at: CutPoint | str, example_inputs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
@@ -108,11 +119,29 @@ def split(model: Any, at: CutPoint | str, example_inputs: Any) -> tuple[fx.Graph
 
     ``tail(head(x))`` equals ``model(x)``. Both are in graft_fx's canonical form (ATen ops, a
     symbolic batch recorded in every node's ``meta["val"]``), so ``realign`` takes the tail as it
-    is, with no example inputs and no second capture.
+    is, with no example inputs and no second capture. Raises GraftError, listing the model's cut
+    points, when ``at`` is not one of them.
     """
-    a = analyze(model, example_inputs, f"model ({type(model).__name__})")
-    cut, pos = _find(a, at)
+    a, located = _analyzed(model, example_inputs)
+    cut, pos = _find(a, located, at)
     return _head(a, cut, pos), _tail(a, cut, pos)
+
+
+def tails(model: Any, at: Sequence[CutPoint | str], example_inputs: Any) -> list[fx.GraphModule]:
+    """The tail at each cut of ``at`` (CutPoints or names, any order, repeats allowed), as
+    ``[split(model, c, example_inputs)[1] for c in at]`` returns them, from ONE analysis.
+
+    Capturing and analysing a model is the expensive part of a cut (seconds for a resnet50;
+    building the tail graph from the analysis is milliseconds), so a server that builds the tails
+    of many fragment types of one model cuts them all here. Every name is checked before any tail
+    is built: GraftError, listing the model's cut points, for the first that is not a cut point.
+    The tails hold the model's own parameter and buffer tensors, as ``split``'s do.
+    """
+    if isinstance(at, (str, CutPoint)):
+        raise GraftError(f"tails() takes a list of cut points; got one {type(at).__name__}: pass [{at!r}]")
+    a, located = _analyzed(model, example_inputs)
+    found = [_find(a, located, c) for c in at]
+    return [_tail(a, cut, pos) for cut, pos in found]
 
 
 def _written_before(a: Analysis, node: fx.Node, pos: int) -> bool:

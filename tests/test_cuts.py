@@ -280,3 +280,39 @@ def test_in_place_updates_stay_on_their_side_of_the_cut():
     tail(head(x))
     assert model[0].num_batches_tracked.item() == first + 1
     assert model[2].num_batches_tracked.item() == second + 1
+
+
+def test_tails_are_splits_tails_from_one_analysis(case, monkeypatch):
+    """``tails`` gives every cut's tail as ``split`` does (tail(head(x)) == model(x)), analysing
+    and locating the cuts of the model once for all of them."""
+    model = case.model()
+    example = case.inputs(EXAMPLE_BATCH)
+    cuts = graft_fx.cut_points(model, example)
+    heads = [graft_fx.split(model, cut, example)[0] for cut in cuts]
+    calls = {"analyze": 0, "located_cuts": 0}
+    for name in calls:
+        real = getattr(graft_fx.cuts, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(graft_fx.cuts, name, counted)
+    at = [cuts[-1], *(c.name for c in cuts)]  # any order, repeats, CutPoints or names
+    got = graft_fx.cuts.tails(model, at, example)
+    assert calls == {"analyze": 1, "located_cuts": 1}
+    assert len(got) == len(at) and all(isinstance(t, fx.GraphModule) for t in got)
+    for inputs in map(case.inputs, (1, 3)):
+        expected = model(*inputs)
+        for cut, tail in zip([cuts[-1], *cuts], got):
+            torch.testing.assert_close(tail(heads[cuts.index(cut)](*inputs)), expected,
+                                       msg=lambda m: f"cut {cut.name}: {m}")
+
+
+def test_tails_name_a_wrong_cut_before_building_any():
+    model = Chain().eval()
+    with pytest.raises(graft_fx.GraftError, match="'nowhere' is not a cut point"):
+        graft_fx.cuts.tails(model, ["conv2d", "nowhere"], torch.randn(2, 3, 6, 6))
+    with pytest.raises(graft_fx.GraftError, match="takes a list"):
+        graft_fx.cuts.tails(model, "conv2d", torch.randn(2, 3, 6, 6))
+    assert graft_fx.cuts.tails(model, [], torch.randn(2, 3, 6, 6)) == []

@@ -9,8 +9,14 @@ its kernels, as a server would see it. With ``sms``, each piece is also timed on
 through a green context (``torch.cuda.green_contexts``, PyTorch 2.10+, CUDA 12.8+; counts are
 rounded by the driver, to multiples of 8 on Hopper); a share that cannot be made is left out of
 the profile and its reason kept in ``meta["share_errors"]``. On a CPU runs are timed with
-``time.perf_counter`` and the only share is the whole machine (its threads as
-``torch.get_num_threads`` says).
+``time.perf_counter``, and a share is a number of PyTorch's intra-op threads: with ``cores``,
+each piece is timed with ``torch.set_num_threads(k)`` for each ``k`` (restored afterwards), at
+share ``k / T`` of the ``T = torch.get_num_threads()`` threads the machine runs with (default:
+all ``T`` only). That is how a CPU partition of the serving runtime runs a group (its worker
+thread sets its own thread count), so the profile prices what the runtime does. Threads are not
+isolated cores: other processes, and the other partitions' workers, compete for the same cores
+and memory bandwidth, which a profile measured one share at a time on an idle machine does not
+see.
 
 **Precision** is part of what is measured, and a profile records it (``meta["precision"]``,
 `profiles.PRECISIONS`): ``default`` is float32 as PyTorch runs it out of the box (cuDNN convolutions on TF32
@@ -122,6 +128,23 @@ class _SMs:
         return False
 
 
+class _Threads:
+    """Run a block on ``threads`` of PyTorch's intra-op threads (``torch.set_num_threads``, which
+    holds for the calling thread), restoring the count afterwards."""
+
+    def __init__(self, threads: int):
+        self.threads, self.saved = threads, None
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+        return False
+
+
 def _advance(progress: Progress | None, n: int) -> None:
     if progress is None:
         return
@@ -132,11 +155,13 @@ def _advance(progress: Progress | None, n: int) -> None:
 def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
             batches: Sequence[int] = (1, 2, 4, 8, 16), device: str | torch.device = "cpu",
             reps: int = 10, warmup: int = 3, sms: Sequence[int] | None = None,
-            precision: str = "default", progress: Progress | None = None) -> Profile:
+            cores: Sequence[int] | None = None, precision: str = "default",
+            progress: Progress | None = None) -> Profile:
     """A measured `Profile` of ``model`` (``example``: an input with a batch dim 0, any size).
 
     ``sms``: SM counts to time at on a GPU (0 or the device's count: the whole device; default:
-    the whole device only); not on a CPU. ``precision`` is one of `profiles.PRECISIONS` (see the module
+    the whole device only); not on a CPU. ``cores``: thread counts to time at on a CPU (each in
+    ``1 .. torch.get_num_threads()``; default: all threads only); not on a GPU. ``precision`` is one of `profiles.PRECISIONS` (see the module
     docstring). ``progress`` receives one step per timed (piece, share,
     batch) cell: it is called with the number of steps done, or, if it has an ``update`` method
     (a tqdm bar), that is called. If it has a ``total`` attribute, ``measure`` adds its own
@@ -144,8 +169,8 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
 
     The model is left where it is: on another device the pieces run on a copy. ``meta`` holds
     ``torch``, ``dtype``, ``precision``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
-    device's SMs and those of each share, 0 for the whole device; None on a CPU),
-    ``raw_latency_s`` (the medians before the profile made them monotone) and, where a share
+    device's SMs and those of each share, 0 for the whole device; None on a CPU), ``cores``
+    (on a CPU, the thread count of each share, ascending; None on a GPU), ``raw_latency_s`` (the medians before the profile made them monotone) and, where a share
     could not be made, ``share_errors``.
     """
     device = torch.device(device)
@@ -162,15 +187,25 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
     if cast is not None or any(t.device != device for m in modules for t in (*m.parameters(), *m.buffers())):
         modules = [copy.deepcopy(m).to(device, cast) for m in modules]
     if device.type == "cuda":
-        total_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if cores is not None:
+            raise GraftError(f"cores={list(cores)}: thread shares exist on a CPU only; on {device} use sms")
+        total = total_sms = torch.cuda.get_device_properties(device).multi_processor_count
         counts = sorted({total_sms if s in (0, None) else int(s) for s in (sms or [0])})
         if any(not 0 < s <= total_sms for s in counts):
             raise GraftError(f"sms={list(sms or [])}: expected counts in 1..{total_sms} (or 0 for all)")
         timed = _times_cuda
+
+        def share_of(count: int) -> contextlib.AbstractContextManager:
+            return _SMs(0 if count == total_sms else count, device)
     else:
         if sms and any(s not in (0,) for s in sms):
             raise GraftError(f"sms={list(sms)}: SM shares exist on CUDA devices only, not on {device}")
-        total_sms, counts, timed = None, [None], _times_cpu
+        total, total_sms, timed = torch.get_num_threads(), None, _times_cpu
+        counts = sorted({int(k) for k in cores}) if cores is not None else [total]
+        if not counts or any(not 0 < k <= total for k in counts):
+            raise GraftError(f"cores={list(cores or [])}: expected thread counts in 1..{total} "
+                             f"(torch.get_num_threads())")
+        share_of = _Threads
     if progress is not None and getattr(progress, "total", False) is not False:
         progress.total = (progress.total or 0) + len(modules) * len(counts) * len(batches)
         if hasattr(progress, "refresh"):
@@ -180,10 +215,10 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
     for count in counts:
         try:
             with _precision(precision):
-                cells = _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup,
+                cells = _time_share(sel, modules, share_of(count), device, batches, timed, reps, warmup,
                                     cast, progress)
-        except Exception as e:  # noqa: BLE001 - a share that cannot be made is data too
-            if count is None or count == total_sms:
+        except Exception as e:  # noqa: BLE001 - a share of a GPU that cannot be made is data too
+            if total_sms is None or count == total_sms:
                 raise
             errors[str(count)] = f"{type(e).__name__}: {e}"
             continue
@@ -192,14 +227,15 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         p99.append(cells[1])
     if not kept:
         raise GraftError(f"no share could be measured: {errors}")
-    shares = [1.0 if c is None else c / total_sms for c in kept]
+    shares = [c / total for c in kept]
     meta = {"torch": torch.__version__, "dtype": str(cast or sel.row_dtype(0)).replace("torch.", ""),
             "precision": f"{precision}: " + (PRECISIONS[precision] if device.type == "cuda" or precision == "bf16"
                                              else "float32 (a CPU has no TF32)"),
             "timing": (f"median and p99 of {reps} after {warmup} warm-up, "
                        + ("CUDA events" if device.type == "cuda" else
-                          f"perf_counter, {torch.get_num_threads()} threads")),
-            "sm_count": total_sms, "sm_counts": [0 if c == total_sms else c for c in kept]}
+                          f"perf_counter, on {'/'.join(map(str, kept))} of {total} threads")),
+            "sm_count": total_sms, "sm_counts": [0 if c == total_sms else c for c in kept] if total_sms else None,
+            "cores": None if total_sms else kept}
     # latency[share][piece][batch] -> [piece, share, batch]
     table = np.transpose(np.array(latency), (1, 0, 2))
     tail = np.maximum(np.transpose(np.array(p99), (1, 0, 2)), table)
@@ -224,10 +260,9 @@ def _precision(precision: str):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _time_share(sel, modules, count, total_sms, device, batches, timed, reps, warmup, cast, progress):
-    """``(median[piece][batch], p99[piece][batch])`` on ``count`` SMs (None: the whole device)."""
+def _time_share(sel, modules, share, device, batches, timed, reps, warmup, cast, progress):
+    """``(median[piece][batch], p99[piece][batch])`` inside the context ``share`` (SMs or threads)."""
     med, tail = [], []
-    share = _SMs(0 if count in (None, total_sms) else count, device)
     with share, torch.inference_mode():
         for i, module in enumerate(modules):
             shape, dtype = sel.pieces[i].row_shape, sel.row_dtype(i)

@@ -1,7 +1,8 @@
 """Turning what a user types (a trace name or file, a profile preset or file) into the objects.
 
 A profile spec resolves in this order: an existing file is a JSON profile to load; ``cpu``
-measures this machine; a GPU preset (``h200``, ``a100``, ``t4``) is the profile measured on that
+is this machine's CPU at every thread count, measured once and cached on disk
+(`profile_cache.measured_here`); a GPU preset (``h200``, ``a100``, ``t4``) is the profile measured on that
 GPU when the package ships one holding the model, and otherwise the roofline model of that GPU.
 """
 
@@ -12,13 +13,11 @@ from pathlib import Path
 import torch
 
 from ..errors import GraftError
-from . import measure, profiles, roofline
+from . import measure, profile_cache, profiles, roofline
 from .profiles import Profile
 from .traces import Trace, bundled, bundled_names, load_trace
 
-# A CPU's latency grows about linearly past a few rows, so a short sweep of few repetitions says
-# what there is to say, in about a minute for a resnet50 on two cores.
-CPU_BATCHES = (1, 2, 4, 8)
+CPU_BATCHES = profile_cache.BATCHES  # the batch sizes a ``cpu`` profile is measured at
 
 
 def trace_for(spec: str, format: str = "auto") -> Trace:
@@ -37,8 +36,7 @@ def profile_for(spec: str, name: str, model: torch.nn.Module, example: torch.Ten
     if Path(spec).is_file():
         return profiles.load(spec, name)
     if spec == "cpu":
-        return measure.measure(model, example, name, device="cpu", batches=CPU_BATCHES, reps=3, warmup=1,
-                               progress=progress)
+        return profile_cache.measured_here(name, model, example, progress=progress)
     if spec in roofline.ACCELERATORS:
         shipped = profiles.shipped()
         if spec in shipped and name in profiles.models_in(shipped[spec]):

@@ -116,3 +116,36 @@ def test_measured_pieces_carry_their_memory_figures(measured):
     assert all(piece.workspace_bytes > 0 for piece in p.pieces)
     loaded = profiles.from_json(document([p]), "tiny")
     assert [x.weight_bytes for x in loaded.pieces] == [x.weight_bytes for x in p.pieces]
+
+
+def test_cpu_shares_are_thread_counts_and_the_count_is_restored(monkeypatch):
+    total = torch.get_num_threads()
+    seen = []
+    real = torch.set_num_threads
+
+    def spy(k):
+        seen.append(k)
+        real(k)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
+    p = measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1, 2), reps=1, warmup=0, cores=[total, 1])
+    assert torch.get_num_threads() == total
+    assert p.meta["cores"] == sorted({1, total}) and p.meta["sm_counts"] is None
+    np.testing.assert_allclose(p.shares, [k / total for k in sorted({1, total})])
+    assert p.latency_s.shape == (len(p.pieces), len(p.shares), 2)
+    assert 1 in seen and seen[-1] == total  # timed on one thread, then put back
+    assert f"of {total} threads" in p.meta["timing"]
+    back = profiles.from_json(json.loads(json.dumps(document([p]))), "tiny")
+    np.testing.assert_allclose(back.shares, p.shares)
+    np.testing.assert_allclose(back.latency_s, p.latency_s, rtol=1e-9)
+
+
+def test_the_default_cpu_share_is_all_threads(measured):
+    p, _ = measured
+    assert p.meta["cores"] == [torch.get_num_threads()] and p.shares.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("cores", [[0], [torch.get_num_threads() + 1], []])
+def test_thread_counts_outside_the_machine_are_refused(cores):
+    with pytest.raises(GraftError, match="cores="):
+        measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0, cores=cores)
