@@ -2,6 +2,8 @@
 
     graft simulate [--models resnet50[,mobilenet_v2...]] [--trace lte-ghent-car-7] [--slo-ms 350]
                    [--clients 2000] [--seeds 5] [--mps] [--json PATH] [--plot PATH]
+    graft serve [--model resnet50] [--slo-ms 1000] [--clients 40] [--duration-s 60] [--json PATH]
+    graft serve --http [--port 8000]
 
 ``simulate`` sizes a deployment: phones of many speeds on one network trace send requests for one
 model or several, each cutting it where a Neurosurgeon-style client would and uploading what a
@@ -14,17 +16,26 @@ whole GPUs it packs onto, SLO attainment, goodput, latency percentiles, drops an
 The profile is a GPU's by default, because that is where batching pays (on a CPU latency grows
 about linearly with batch size): the H200 profile measured for the benchmark models ships with
 the package; other models on a GPU preset get the roofline model (`--profile h200|a100|t4`),
-`--profile cpu` measures this machine, and a path loads a JSON profile. The output says which.
+`--profile cpu` measures this machine (once: the profile is cached), and a path loads a JSON
+profile. The output says which.
+
+``serve`` runs the plan for real: it makes the same request stream from the same flags, plans the
+graft policy for it on a profile of the machine it runs on (measured once and cached), realigns
+each planned group's tails into one module, and either replays the stream through the runtime on
+the wall clock, printing measured against predicted SLO attainment, or, with --http, serves the
+Open Inference Protocol (KServe v2) until interrupted, each fragment type a model named
+"{model}.{cut}".
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import GraftError
 
@@ -35,6 +46,9 @@ from .errors import GraftError
 DEFAULTS = {"models": "resnet50", "trace": "lte-ghent-car-7", "slo_ms": 350.0, "clients": 2000,
             "rate_per_s": 0.5, "duration_s": 60.0, "profile": "h200", "seed": 0, "seeds": 1, "cv": 1.0,
             "upload": "int8", "jpeg_quality": 90, "devices": "fitted", "private_input": True}
+# Serving on this machine's CPU: a CPU runs a resnet50 tail in tens to hundreds of ms, so the SLO
+# is a second, and the load is what two cores serve (near the planned capacity).
+SERVE_DEFAULTS = DEFAULTS | {"slo_ms": 1000.0, "clients": 40, "profile": "cpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,129 +147,109 @@ def _output(text: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     from .serving.simulator import POLICIES
-    from .serving.traces import bundled_direction, bundled_names
-    from .serving.uploads import BYTES_PER_ELEMENT
-    from .serving.zoo import BENCHMARK_MODELS
 
     p = argparse.ArgumentParser(prog="graft", description="DNN re-alignment for split inference.")
     commands = p.add_subparsers(required=True, metavar="COMMAND")
     s = commands.add_parser("simulate", help="replay a request stream through every serving policy",
                             description=__doc__.split("\n\n")[2].replace("\n", " "))
     s.set_defaults(run=simulate)
-    s.add_argument("--models", "--model", type=_models, default=DEFAULTS["models"],
-                   help=f"torchvision classification models served at once, comma-separated; the phones are "
-                        f"split evenly among them and their plans share the GPUs; the shipped H200 profile "
-                        f"measured {', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
-    s.add_argument("--trace", default=DEFAULTS["trace"],
-                   help="a bundled trace (" + ", ".join(f"{n}: {bundled_direction(n)}" for n in bundled_names())
-                        + "; a downlink trace stands in for the uplink) or a trace file (default: %(default)s)")
-    s.add_argument("--trace-format", default="auto",
-                   choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"],
-                   help="the format of a trace file (default: %(default)s, from its first line)")
-    s.add_argument("--slo-ms", type=POSITIVE, default=DEFAULTS["slo_ms"],
-                   help="end-to-end latency SLO per inference (default: %(default)s)")
-    s.add_argument("--clients", type=COUNT, default=DEFAULTS["clients"], help="phones (default: %(default)s)")
-    s.add_argument("--rate", type=POSITIVE, default=DEFAULTS["rate_per_s"],
-                   help="inferences per second per phone (default: %(default)s)")
-    s.add_argument("--cv", type=POSITIVE, default=DEFAULTS["cv"],
-                   help="coefficient of variation of a phone's gaps between inferences (Gamma gaps): "
-                        "1 is Poisson, above 1 bursty, below 1 regular (default: %(default)s)")
-    s.add_argument("--upload", choices=list(BYTES_PER_ELEMENT), default=DEFAULTS["upload"],
-                   help="how phones send an activation: 4, 2 or 1 byte per element, int8 adding a per-tensor "
-                        "scale and zero point (default: %(default)s; the library's default is fp32)")
-    s.add_argument("--jpeg-quality", type=QUALITY, default=DEFAULTS["jpeg_quality"],
-                   help="quality of the JPEG a phone sends when it uploads the input image, 1 to 100 "
-                        "(default: %(default)s, about 16 kB at 224x224; the library's default sends it as a tensor)")
-    s.add_argument("--devices", choices=["fitted", "presets"], default=DEFAULTS["devices"],
-                   help="fitted: each phone's speed drawn from a log-normal fitted to public phone benchmarks; "
-                        "presets: the four device classes in turn (default: %(default)s)")
-    s.add_argument("--private-input", action=argparse.BooleanOptionalAction, default=DEFAULTS["private_input"],
-                   help="phones never upload the raw input, only activations (privacy-preserving split "
-                        "inference; the full-model baseline still uploads the image) (default: %(default)s)")
-    s.add_argument("--duration-s", type=POSITIVE, default=DEFAULTS["duration_s"],
-                   help="seconds of sending to simulate (default: %(default)s)")
+    _workload(s, DEFAULTS)
     s.add_argument("--policies", type=_policies, default=list(POLICIES),
                    help="comma-separated, of graft (realigned groups), per-fragment (one instance per fragment "
                         "type), full-model (phones upload the image), bound (fluid lower bound) (default: all)")
     s.add_argument("--profile", type=_profile, default=DEFAULTS["profile"],
-                   help=f"a GPU preset ({', '.join(_presets())}), cpu (measure this machine), or a JSON "
-                        "profile path (default: %(default)s)")
+                   help=f"a GPU preset ({', '.join(_presets())}), cpu (this machine, measured once and cached), "
+                        "or a JSON profile path (default: %(default)s)")
     s.add_argument("--mps", action="store_true",
                    help="partition GPUs with MPS percentages instead of green contexts (SM counts)")
     s.add_argument("--replan-s", type=POSITIVE, metavar="SECONDS",
                    help="re-plan every so many seconds on the rates of the window before, instead of "
                         "planning once for the whole run; shares are then averaged over time")
-    s.add_argument("--seed", type=SEED, default=DEFAULTS["seed"], help="the first seed (default: %(default)s)")
     s.add_argument("--seeds", type=COUNT, default=DEFAULTS["seeds"],
                    help="seeds to simulate (phones, trace offsets, arrivals); the table shows the first, and a "
                         "second table each policy's median with its confidence interval (default: %(default)s)")
-    s.add_argument("--json", type=_output, metavar="PATH", help="write the results as JSON")
     s.add_argument("--plot", type=_output, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
+
+    v = commands.add_parser("serve", help="run the planned, realigned groups for real",
+                            description=__doc__.split("\n\n")[3].replace("\n", " "))
+    v.set_defaults(run=serve)
+    _workload(v, SERVE_DEFAULTS)
+    v.add_argument("--profile", type=_profile, default=SERVE_DEFAULTS["profile"],
+                   help="cpu (this machine, measured once and cached) or the path of a JSON profile measured on "
+                        "the device the runtime runs on (default: %(default)s)")
+    v.add_argument("--device", default="cpu", help="the torch device to run on, e.g. cpu or cuda:0 "
+                                                   "(default: %(default)s)")
+    v.add_argument("--http", action="store_true",
+                   help="serve the Open Inference Protocol (KServe v2) over HTTP until interrupted, instead of "
+                        "replaying the request stream")
+    v.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on (default: %(default)s)")
+    v.add_argument("--port", type=_number(int, 0, False, "a port from 0 to 65535", most=65535), default=8000,
+                   help="with --http: the port to listen on (default: %(default)s)")
     return p
+
+
+def _workload(s: argparse.ArgumentParser, defaults: dict) -> None:
+    """The flags that make a request stream, which simulate and serve share."""
+    from .serving.traces import bundled_direction, bundled_names
+    from .serving.uploads import BYTES_PER_ELEMENT
+    from .serving.zoo import BENCHMARK_MODELS
+
+    s.add_argument("--models", "--model", type=_models, default=defaults["models"],
+                   help=f"torchvision classification models served at once, comma-separated; the phones are "
+                        f"split evenly among them and their plans share the GPUs; the shipped H200 profile "
+                        f"measured {', '.join(BENCHMARK_MODELS)} (default: %(default)s)")
+    s.add_argument("--trace", default=defaults["trace"],
+                   help="a bundled trace (" + ", ".join(f"{n}: {bundled_direction(n)}" for n in bundled_names())
+                        + "; a downlink trace stands in for the uplink) or a trace file (default: %(default)s)")
+    s.add_argument("--trace-format", default="auto",
+                   choices=["auto", "pensieve", "mahimahi", "ghent", "gnettrack"],
+                   help="the format of a trace file (default: %(default)s, from its first line)")
+    s.add_argument("--slo-ms", type=POSITIVE, default=defaults["slo_ms"],
+                   help="end-to-end latency SLO per inference (default: %(default)s)")
+    s.add_argument("--clients", type=COUNT, default=defaults["clients"], help="phones (default: %(default)s)")
+    s.add_argument("--rate", type=POSITIVE, default=defaults["rate_per_s"],
+                   help="inferences per second per phone (default: %(default)s)")
+    s.add_argument("--cv", type=POSITIVE, default=defaults["cv"],
+                   help="coefficient of variation of a phone's gaps between inferences (Gamma gaps): "
+                        "1 is Poisson, above 1 bursty, below 1 regular (default: %(default)s)")
+    s.add_argument("--upload", choices=list(BYTES_PER_ELEMENT), default=defaults["upload"],
+                   help="how phones send an activation: 4, 2 or 1 byte per element, int8 adding a per-tensor "
+                        "scale and zero point (default: %(default)s; the library's default is fp32)")
+    s.add_argument("--jpeg-quality", type=QUALITY, default=defaults["jpeg_quality"],
+                   help="quality of the JPEG a phone sends when it uploads the input image, 1 to 100 "
+                        "(default: %(default)s, about 16 kB at 224x224; the library's default sends it as a tensor)")
+    s.add_argument("--devices", choices=["fitted", "presets"], default=defaults["devices"],
+                   help="fitted: each phone's speed drawn from a log-normal fitted to public phone benchmarks; "
+                        "presets: the four device classes in turn (default: %(default)s)")
+    s.add_argument("--private-input", action=argparse.BooleanOptionalAction, default=defaults["private_input"],
+                   help="phones never upload the raw input, only activations (privacy-preserving split "
+                        "inference; the full-model baseline still uploads the image) (default: %(default)s)")
+    s.add_argument("--duration-s", type=POSITIVE, default=defaults["duration_s"],
+                   help="seconds of sending to simulate or replay (default: %(default)s)")
+    s.add_argument("--seed", type=SEED, default=defaults["seed"], help="the first seed (default: %(default)s)")
+    s.add_argument("--json", type=_output, metavar="PATH", help="write the results as JSON")
 
 
 def simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .serving import report, zoo
-    from .serving.devices import DEVICES, PHONE_SPEEDS
-    from .serving.partitions import for_device
-    from .serving.profiles import load as load_profile
-    from .serving.resolve import profile_for, trace_for
-    from .serving.seeds import MIN_DURATION_BUDGETS, over_seeds
-    from .serving.simulator import Scenario
-    from .serving.uploads import Upload
-    from .serving.workload import make_clients, model_costs
+    from .serving import report
+    from .serving.seeds import over_seeds
 
     policies = args.policies
-    if args.duration_s < MIN_DURATION_BUDGETS * args.slo_ms / 1e3:
-        raise GraftError(f"--duration-s {args.duration_s:g} with --slo-ms {args.slo_ms:g}: expected a run of at "
-                         f"least {MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * args.slo_ms / 1e3:g} s)")
     if args.replan_s is not None and args.replan_s < args.slo_ms / 1e3:
         raise GraftError(f"--replan-s {args.replan_s:g} with --slo-ms {args.slo_ms:g}: expected a window of at "
                          "least the SLO (a plan should outlive the requests it was made for)")
-    if Path(args.profile).is_file():  # a malformed file is reported before any model is built
-        for name in args.models:
-            load_profile(args.profile, name)
-    trace = trace_for(args.trace, args.trace_format)
-    if args.clients < len(args.models):
-        raise GraftError(f"--clients {args.clients} for {len(args.models)} models: expected at least one phone each")
-    upload = Upload(args.upload, args.jpeg_quality)
-    served = []  # (profile, costs) per model
-    with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr,
-              disable=args.profile != "cpu") as bar:
-        for name in args.models:
-            model, example = zoo.build(name)
-            served.append((profile_for(args.profile, name, model, example, progress=bar),
-                           model_costs(model, example, upload)))
-    devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
-    partitioning = for_device(served[0][0].device, "mps" if args.mps else "green-context")
-
-    def scenarios(seed: int) -> list[Scenario]:
-        """One scenario per model: phone i runs model i mod M; model m's phones draw from seed * M + m."""
-        out = []
-        for m, (profile, costs) in enumerate(served):
-            phones = len(range(m, args.clients, len(served)))
-            clients = make_clients(phones, devices, [trace], args.rate, args.slo_ms / 1e3, cv=args.cv,
-                                   seed=seed * len(served) + m)
-            out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
-                                replan_s=args.replan_s, private_input=args.private_input))
-        return out
-
+    served, partitioning = _served(args, "mps" if args.mps else "green-context")
     seeds = range(args.seed, args.seed + args.seeds)
     with tqdm(desc="simulating", total=len(policies) * len(seeds) * len(served), unit="policy",
               file=sys.stderr) as bar:
-        summaries, streams = over_seeds(scenarios, seeds, policies, progress=lambda name: bar.update())
+        summaries, streams = over_seeds(lambda seed: _scenarios(args, seed, served, partitioning), seeds, policies,
+                                        progress=lambda name: bar.update())
     results = [s.results[0] for s in summaries]
-    labels = sorted({profile.label for profile, _ in served})
-    config = {"model": ",".join(args.models), "models": args.models, "trace": trace.name,
-              "trace_format": args.trace_format, "slo_ms": args.slo_ms, "clients": args.clients,
-              "rate_per_s": args.rate, "duration_s": args.duration_s, "policies": policies,
-              "profile": "; ".join(labels), "device": served[0][0].device, "partitions": str(partitioning),
-              "seed": args.seed, "seeds": args.seeds, "replan_s": args.replan_s, "cv": args.cv,
-              "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
-              "private_input": args.private_input}
-    fragments = {profile.model: profile.fragments for profile, _ in served}
+    config = _config(args, served, partitioning) | {
+        "policies": policies, "seeds": args.seeds, "replan_s": args.replan_s}
+    fragments = {profile.model: profile.fragments for profile, _, _ in served}
     print(report.table(config, results, fragments, streams))
     if len(seeds) > 1:
         print("\n" + report.seeds_table(summaries))
@@ -268,6 +262,120 @@ def simulate(args: argparse.Namespace) -> int:
         report.plot(config, results, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Plan the graft policy on this machine's profile for the request stream the flags make, build
+    the runtime, and either replay that stream through it or serve HTTP."""
+    from tqdm import tqdm
+
+    from .serving import report
+    from .serving.loadgen import replay
+    from .serving.runtime import Runtime
+    from .serving.simulator import simulate as simulate_policies
+    from .serving.stream import make_stream
+
+    if len(args.models) != 1:
+        raise GraftError(f"--models {','.join(args.models)}: graft serve runs one model; start one server per model")
+    if args.profile != "cpu" and not Path(args.profile).is_file():
+        raise GraftError(f"--profile {args.profile}: the runtime prices batches on the machine it runs on; expected "
+                         "cpu or a JSON profile measured on this device")
+    served, partitioning = _served(args, "green-context")
+    (profile, _, (model, example)), = served
+    (scenario,) = _scenarios(args, args.seed, served, partitioning)
+    stream = make_stream(scenario)
+    (planned,) = simulate_policies(scenario, ["graft"], stream=stream)
+    if planned.plan is None:
+        raise GraftError("no plan: no request of this stream is attainable on this machine (see graft simulate)")
+    if planned.share is None:
+        print(f"warning: no plan that fits this device answers 99% of the attainable requests on time; serving the "
+              f"largest ({planned.plan.total_share:.2f} of the device)", file=sys.stderr)
+    print(f"profile: {profile.label}\npartitions: {partitioning}\ngraft plan for {len(stream.requests)} requests, "
+          f"{planned.plan.total_share:.2f} of the device:")
+    print("\n".join(report.describe_plan(planned.plan, profile.fragments)))
+    print("building the realigned instances and checking them against the model", file=sys.stderr)
+    runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device)
+    gc.freeze()  # what exists now lives as long as the server: keep the collector's full passes off it
+    try:
+        if args.http:
+            from .serving.http import serve as serve_http
+
+            print(f"serving {', '.join(s.name for s in runtime.fragments)} at http://{args.host}:{args.port}/v2 "
+                  "(Ctrl-C stops)")
+            serve_http(runtime, host=args.host, port=args.port)
+            return 0
+        with tqdm(desc="replaying", total=len(stream.requests), unit="request", file=sys.stderr) as bar:
+            measured = replay(runtime, stream, progress=bar.update, seed=args.seed)
+    finally:
+        runtime.close(drain=False)
+    doc = measured.summary(stream) | {"predicted_slo_attainment": planned.slo_attainment}
+    print(report.served_table(doc))
+    if args.json:
+        config = _config(args, served, partitioning) | {"device": args.device}
+        args.json.write_text(json.dumps(doc | {"config": config, "plan": report.plan_json(planned.plan,
+                                                                                         profile.fragments)}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _served(args: argparse.Namespace, mechanism: str) -> tuple[list, Any]:
+    """Check the flags, then build each model, its profile and its costs: ``[(profile, costs, (model,
+    example))]``, and the partitioning of the first profile's device."""
+    from tqdm import tqdm
+
+    from .serving import zoo
+    from .serving.partitions import for_device
+    from .serving.profiles import load as load_profile
+    from .serving.resolve import profile_for, trace_for
+    from .serving.seeds import MIN_DURATION_BUDGETS
+    from .serving.uploads import Upload
+    from .serving.workload import model_costs
+
+    if args.duration_s < MIN_DURATION_BUDGETS * args.slo_ms / 1e3:
+        raise GraftError(f"--duration-s {args.duration_s:g} with --slo-ms {args.slo_ms:g}: expected a run of at "
+                         f"least {MIN_DURATION_BUDGETS} times the SLO ({MIN_DURATION_BUDGETS * args.slo_ms / 1e3:g} s)")
+    if Path(args.profile).is_file():  # a malformed file is reported before any model is built
+        for name in args.models:
+            load_profile(args.profile, name)
+    args.trace_object = trace_for(args.trace, args.trace_format)
+    if args.clients < len(args.models):
+        raise GraftError(f"--clients {args.clients} for {len(args.models)} models: expected at least one phone each")
+    upload = Upload(args.upload, args.jpeg_quality)
+    served = []
+    with tqdm(desc="measuring", unit="timing", leave=False, file=sys.stderr, disable=args.profile != "cpu") as bar:
+        for name in args.models:
+            model, example = zoo.build(name)
+            served.append((profile_for(args.profile, name, model, example, progress=bar),
+                           model_costs(model, example, upload), (model, example)))
+    return served, for_device(served[0][0].device, mechanism)
+
+
+def _scenarios(args: argparse.Namespace, seed: int, served: list, partitioning: Any) -> list:
+    """One scenario per model: phone i runs model i mod M; model m's phones draw from seed * M + m."""
+    from .serving.devices import DEVICES, PHONE_SPEEDS
+    from .serving.simulator import Scenario
+    from .serving.workload import make_clients
+
+    devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
+    out = []
+    for m, (profile, costs, _) in enumerate(served):
+        phones = len(range(m, args.clients, len(served)))
+        clients = make_clients(phones, devices, [args.trace_object], args.rate, args.slo_ms / 1e3, cv=args.cv,
+                               seed=seed * len(served) + m)
+        out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
+                            replan_s=getattr(args, "replan_s", None), private_input=args.private_input))
+    return out
+
+
+def _config(args: argparse.Namespace, served: list, partitioning: Any) -> dict:
+    """The run's settings as the JSON and the table header show them."""
+    return {"model": ",".join(args.models), "models": args.models, "trace": args.trace_object.name,
+            "trace_format": args.trace_format, "slo_ms": args.slo_ms, "clients": args.clients,
+            "rate_per_s": args.rate, "duration_s": args.duration_s,
+            "profile": "; ".join(sorted({profile.label for profile, _, _ in served})),
+            "device": served[0][0].device, "partitions": str(partitioning), "seed": args.seed, "cv": args.cv,
+            "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
+            "private_input": args.private_input}
 
 
 if __name__ == "__main__":

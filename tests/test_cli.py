@@ -146,3 +146,88 @@ def test_several_models_share_the_gpus(tmp_path, capsys):
     shares = [sum(p["share"] for p in plan["partitions"]) for plan in graft["plans"].values()]
     assert graft["share"] == pytest.approx(sum(shares), abs=1e-3)
     assert graft["gpus"] >= 1 and graft["requests"] == sum(r["requests"] for r in doc["requests"].values())
+
+
+# graft serve: the runtime on this CPU (a mobilenet_v2 profile measured once into a temporary cache)
+
+SERVE = ["serve", "--model", "mobilenet_v2", "--clients", "8", "--duration-s", "10", "--slo-ms", "1000"]
+
+
+@pytest.fixture(scope="module")
+def profile_cache(tmp_path_factory):
+    """One CPU profile cache for the serve tests, so mobilenet_v2 is measured once."""
+    path = tmp_path_factory.mktemp("profiles")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_FX_CACHE", str(path))
+        yield path
+
+
+def test_serve_replays_the_stream_through_the_runtime_and_writes_json(profile_cache, tmp_path, capsys):
+    out = tmp_path / "served.json"
+    assert main([*SERVE, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SLO attainment, measured" in printed and "SLO attainment, predicted" in printed
+    assert "profile: CPU (" in printed and "graft plan for" in printed
+    doc = json.loads(out.read_text())
+    assert {"requests", "completed", "rejected", "slo_attainment", "predicted_slo_attainment", "p50_ms",
+            "p99_ms"} <= set(doc)
+    assert doc["requests"] == doc["completed"] + doc["rejected"] > 0
+    assert sum(doc["rejected_by_reason"].values()) == doc["rejected"]
+    assert 0 <= doc["slo_attainment"] <= 1 and 0 <= doc["predicted_slo_attainment"] <= 1
+    assert doc["config"]["model"] == "mobilenet_v2" and doc["plan"]["groups"]
+
+
+def test_serve_http_answers_the_stock_client_and_stops_on_interrupt(profile_cache):
+    import signal
+    import socket
+    import time
+
+    import numpy as np
+    import tritonclient.http as tc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    graft = Path(sysconfig.get_path("scripts")) / "graft"
+    server = subprocess.Popen([str(graft), *SERVE, "--http", "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(600):
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            assert server.poll() is None, server.stdout.read()
+            time.sleep(0.5)
+        assert client.get_server_metadata()["name"] == "graft_fx"
+        metadata = client.get_model_metadata(server_models(port)[0])
+        shape = metadata["inputs"][0]["shape"]
+        x = tc.InferInput(metadata["inputs"][0]["name"], shape, "FP32")
+        x.set_data_from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        result = client.infer(metadata["name"], [x], timeout=2_000_000)
+        assert result.as_numpy(metadata["outputs"][0]["name"]).shape == (1, 1000)
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, output
+    assert "serving mobilenet_v2." in output
+
+
+def server_models(port):
+    """The protocol model names the server lists in its metrics (one per fragment type)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return sorted({line.split('fragment="')[1].split('"')[0] for line in text.splitlines()
+                   if line.startswith("graft_requests_total{")})
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--models", "resnet50,mobilenet_v2"], "runs one model"),
+    (["--profile", "h200"], "expected cpu or a JSON profile"),
+])
+def test_serve_refuses_what_it_cannot_run(args, words, capsys):
+    assert main([*SERVE, *args]) == 2
+    assert words in capsys.readouterr().err

@@ -48,7 +48,7 @@ def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragment
         doc["requests"] = {m: attainability(st, config["slo_ms"]) for m, st in zip(fragments, streams)}
     for r in results:
         entry = r.to_json()
-        plans = {p.model: _plan_json(p.plan, fragments.get(p.model, ())) for p in (r.parts or (r,))
+        plans = {p.model: plan_json(p.plan, fragments.get(p.model, ())) for p in (r.parts or (r,))
                  if p.plan is not None}
         if plans:
             entry["plans"] = plans
@@ -58,7 +58,8 @@ def to_json(config: Mapping[str, Any], results: Sequence[PolicyResult], fragment
     return doc
 
 
-def _plan_json(plan: Plan, fragments: Sequence[str]) -> dict[str, Any]:
+def plan_json(plan: Plan, fragments: Sequence[str]) -> dict[str, Any]:
+    """A plan's groups (by cut name, with share, replicas and timings) and partitions."""
     name = plan.describe
     return {
         "groups": [{"fragments": [_cut(fragments, f) for f in g.fragments], "partition": name(g.share),
@@ -154,6 +155,21 @@ def seeds_table(summaries: Sequence[Summary]) -> str:
             f"probability {coverage:.1%}], of the seeds where the policy reached the target" if coverage
             else f"over {len(summaries[0].results)} seeds: no policy reached the target on any seed")
     return "\n".join([note] + lines)
+
+
+SERVED_ROWS = (("requests", "requests", "d"), ("completed", "answered with an output", "d"),
+               ("rejected", "rejected", "d"), ("slo_attainment", "SLO attainment, measured", ".1%"),
+               ("predicted_slo_attainment", "SLO attainment, predicted", ".1%"),
+               ("p50_ms", "p50 ms, end to end", ".1f"), ("p99_ms", "p99 ms, end to end", ".1f"))
+
+
+def served_table(doc: Mapping[str, Any]) -> str:
+    """What `graft serve` measured (``doc``: `loadgen.Measured.summary` and the prediction) as a
+    table, with the rejections by reason under it."""
+    rows = [("figure", "value")] + [(label, "-" if doc.get(key) is None else format(doc[key], fmt))
+                                    for key, label, fmt in SERVED_ROWS]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in doc.get("rejected_by_reason", {}).items())
+    return "\n".join(_aligned(rows) + ([f"rejected by reason: {reasons}"] if reasons else []))
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -123,8 +123,8 @@ class Runtime:
     a request without a deadline gets (default: its group's planned budget, `planner.Group`).
     ``max_queue`` bounds the requests waiting on one partition; each batch is priced
     ``overhead_s`` dearer than the profile says (`OVERHEAD_S`), and a waiting batch starts
-    ``lead_s`` before its latest start (`LEAD_S`). Each instance runs once per member, and once with all members,
-    before the workers start, so that no request pays for a first run. Raises GraftError when the
+    ``lead_s`` before its latest start (`LEAD_S`). Every instance is warmed up before the
+    workers start (`_warm`), so that no request pays for a first run. Raises GraftError when the
     plan does not fit one device or an instance does not match its group.
     """
 
@@ -185,13 +185,20 @@ class Runtime:
                             tuple(out_shape), out_dtype, float(budget), spec.dtype.is_floating_point)
 
     def _warm(self) -> None:
-        """Run every instance once per member and once with all members, on one zero row each."""
+        """Run every member of every instance alone at every batch size up to the profile's
+        largest, then all members together: kernels pick and cache their algorithms per shape
+        on first use (oneDNN primitives, cuDNN plans), which can double a batch's time, and every
+        shape a batch can give a layer arises here, not on a request's clock."""
+        largest = int(self.profile.batches[-1])
         for instance in self.instances:
             members = list(instance.fragments)
             rows = {f: torch.zeros((1, *instance.input_spec(f).row_shape), dtype=instance.input_spec(f).dtype,
                                    device=self.device) for f in members}
-            for mix in [[f] for f in members] + ([members] if len(members) > 1 else []):
-                instance.run(mix, [rows[f] for f in mix])
+            for n in range(1, largest + 1):
+                for f in members:
+                    instance.run([f] * n, [rows[f]] * n)
+            if len(members) > 1:
+                instance.run(members, [rows[f] for f in members])
 
     @property
     def ready(self) -> bool:
