@@ -77,6 +77,7 @@ Both policies get it: per-fragment instances take turns just as realigned groups
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -150,6 +151,12 @@ class Plan:
         if not self.partitions:
             own = tuple(Partition(g.share, (i,)) for i, g in enumerate(self.groups) for _ in range(g.replicas))
             object.__setattr__(self, "partitions", own)
+        seats = Counter(g for p in self.partitions for g in p.groups)
+        wrong = {g: seats[g] for g, group in enumerate(self.groups) if seats[g] != group.replicas}
+        if wrong or any(g not in range(len(self.groups)) for g in seats):
+            raise GraftError(f"partitions seat groups {dict(sorted(seats.items()))} times: expected each of the "
+                             f"{len(self.groups)} groups as many times as its replicas "
+                             f"({[g.replicas for g in self.groups]})")
         if self.partitioning is not None:
             grid = self.partitioning.grid
             odd = sorted({p.share for p in self.partitions if not np.any(np.abs(grid - p.share) < 1e-9)})

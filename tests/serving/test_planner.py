@@ -338,3 +338,12 @@ def test_time_shared_plans_meet_their_budgets_and_realign_never_costs_more(raw):
     check(RESNET, demands, together)
     check(RESNET, demands, apart)
     assert together.total_share <= apart.total_share + 1e-12
+
+
+def test_a_plan_seats_every_group_as_often_as_its_replicas():
+    groups = (Group((0,), 0.5, 2, 0.01, 0.005, 0.01, 0.05, 1.0), Group((1,), 0.5, 1, 0.01, 0.005, 0.01, 0.05, 1.0))
+    assert len(Plan(groups).partitions) == 3
+    with pytest.raises(GraftError, match="seat groups"):
+        Plan(groups, partitions=(Partition(0.5, (0,)), Partition(0.5, (1,))))
+    with pytest.raises(GraftError, match="seat groups"):
+        Plan(groups, partitions=(Partition(0.5, (0, 1)), Partition(0.5, (0, 2))))
