@@ -12,7 +12,8 @@ the model however many fragment types there are), realigns each group's tails in
 input, possibly of several members in any order. It concatenates each member's rows, runs the
 realigned graph once, and hands every request its own output row back. Per request it does one
 dict lookup, one list append and one ``next`` on an iterator of output rows; everything else is
-per member (a ``torch.cat`` of its rows, a ``split`` of its outputs into views) or per batch.
+per member (a ``torch.cat`` of its rows, on the calling thread alone, and a ``split`` of its
+outputs into views) or per batch.
 
 Concurrency: several worker threads may call `run` on one instance at once. The realigned module
 runs a graph built for the set of members present in a call, built on first use and cached in a
@@ -24,11 +25,12 @@ for one graph build, milliseconds to tens of them, before it runs).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +117,8 @@ class Instance:
         if self._lock is not None:
             self._ensure(frozenset(m for m, b in enumerate(buckets) if b))
         with torch.inference_mode():
-            inputs = [torch.cat(b) if b else None for b in buckets]
+            with _one_thread():
+                inputs = [torch.cat(b) if b else None for b in buckets]
             for m, (x, b) in enumerate(zip(inputs, buckets)):
                 if x is not None and x.shape[0] != len(b):
                     row = ", ".join(map(str, self.input_spec(self.fragments[m]).row_shape))
@@ -142,6 +145,22 @@ class Instance:
     def _not_member(self, fragment: Any) -> GraftError:
         return GraftError(f"fragment {fragment} is not served by this instance: it serves fragments "
                           f"{list(self.fragments)} ({', '.join(self.names)})")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run a block on the calling thread alone: collating rows is a memory copy, which a torch op
+    would split across the thread's intra-op threads, and forking them costs more than the copy
+    (milliseconds per op on a small host, where the copy takes a fraction of one)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _output_spec(module: RealignedModule, m: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:

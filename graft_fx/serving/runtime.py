@@ -47,6 +47,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import GraftError
@@ -427,9 +428,32 @@ def _problem(spec: FragmentSpec, rows: Any) -> str | None:
         return f"got shape {list(rows.shape)}, expected {list(want)} (one row)"
     if rows.dtype != spec.dtype:
         return f"got dtype {rows.dtype}, expected {spec.dtype}"
-    if spec.finite and rows.is_floating_point() and not bool(torch.isfinite(rows).all()):
-        return "got non-finite values (NaN or infinity), expected finite ones"
-    return None
+    return nonfinite(rows) if spec.finite else None
+
+
+def nonfinite(rows: torch.Tensor) -> str | None:
+    """What is non-finite in ``rows`` (how many NaN or infinite values, and the index of the
+    first), or None when every value is finite (integer tensors always are).
+
+    On a CPU the test runs in numpy, on the calling thread alone: a torch reduction would fork
+    the caller's intra-op threads for every request, which on a small host costs milliseconds
+    per call (an OpenMP wake-up) and competes with the partitions' own threads.
+    """
+    if not rows.is_floating_point():
+        return None
+    if rows.device.type == "cpu" and rows.dtype != torch.bfloat16:
+        values = rows.detach().numpy()
+        if np.isfinite(values).all():
+            return None
+        bad = ~np.isfinite(values)
+    else:
+        bad_t = ~torch.isfinite(rows)
+        if not bool(bad_t.any()):
+            return None
+        bad = bad_t.cpu().numpy()
+    first = [int(i) for i in np.argwhere(bad)[0]]
+    n = int(bad.sum())
+    return f"got {n} non-finite value{'s' * (n > 1)} (NaN or infinity), the first at index {first}; expected finite values"
 
 
 def _settle(future: Future, outcome: Any) -> None:

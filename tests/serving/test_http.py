@@ -13,7 +13,6 @@ import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -28,28 +27,11 @@ from graft_fx.serving.http import (
     HEADER_LENGTH, INPUT, OUTPUT, Server, create_app, default_max_body_bytes, parse_infer,
 )
 from graft_fx.serving.metrics import Metrics
+from graft_fx.serving.runtime import FragmentSpec, Rejected, nonfinite
 
 from .fixtures import small_runtime
 
 REASONS = ("bad-input", "hopeless", "expired", "overloaded", "failed", "shutdown")
-
-
-class Rejected(GraftError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class FragmentSpec:
-    index: int
-    name: str
-    row_shape: tuple[int, ...]
-    dtype: torch.dtype
-    output_row_shape: tuple[int, ...]
-    output_dtype: torch.dtype
-    slo_s: float
-    finite: bool
 
 
 def _a(x):  # FP32 [1, 3, 4] -> FP32 [1, 3]
@@ -116,8 +98,9 @@ class FakeRuntime:
 
         if tuple(rows.shape) != (1, *spec.row_shape) or rows.dtype != spec.dtype:
             return reject("bad-input", f"got {list(rows.shape)} {rows.dtype}")
-        if spec.finite and rows.is_floating_point() and not bool(torch.isfinite(rows).all()):
-            return reject("bad-input", "non-finite")
+        problem = nonfinite(rows) if spec.finite else None
+        if problem:
+            return reject("bad-input", problem)
         if deadline <= now:
             return reject("hopeless", "deadline already past")
         if self.reject:
@@ -319,16 +302,6 @@ class TestMalformed:
         body, h = _request(shape=(1, 5), datatype="INT8", data=[1, 2, 3, 4, 0.5])
         _assert_error(_post(http, body, h, model="toy.d"), 400, "element 4", "integer")
 
-    @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-    def test_non_finite(self, http, value):
-        x = np.zeros((1, 3, 4), np.float32)
-        x[0, 1, 2] = value
-        body, h = _request(binary=x.tobytes())
-        _assert_error(_post(http, body, h), 400, "non-finite", "[0, 1, 2]")
-        body = json.dumps({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 3, 4],
-                                       "data": x.reshape(-1).tolist()}]}).encode()  # NaN/Infinity literals
-        _assert_error(_post(http, body), 400, "non-finite")
-
     def test_oversized_body(self, http, server):
         limit = server.app.state.max_body_bytes
         assert limit == default_max_body_bytes(server.app.state.runtime.fragments)
@@ -399,6 +372,19 @@ class TestMalformed:
         _assert_error(_post(http, b"xx", {"Content-Encoding": "br"}), 415, "br")
         _assert_error(_post(http, gzip.compress(b"{}")[:-6], {"Content-Encoding": "gzip"}), 400, "truncated")
 
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_refused_by_the_runtime_before_queueing(http, fake, value):
+    """Values are the runtime's to judge (`runtime.nonfinite`): the request reaches submit, which
+    refuses it as bad input before anything is queued, and the client gets a 400 naming the value."""
+    x = np.zeros((1, 3, 4), np.float32)
+    x[0, 1, 2] = value
+    body, h = _request(binary=x.tobytes())
+    _assert_error(_post(http, body, h), 400, "non-finite", "[0, 1, 2]")
+    body = json.dumps({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 3, 4],
+                                   "data": x.reshape(-1).tolist()}]}).encode()  # NaN/Infinity literals
+    _assert_error(_post(http, body), 400, "non-finite")
 
 class TestRuntimeOutcomes:
     @pytest.mark.parametrize("reason,status", [("bad-input", 400), ("hopeless", 504), ("expired", 504),
