@@ -79,7 +79,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import uvicorn
@@ -89,6 +89,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GraftError
+from .runtime import REASONS, FragmentSpec, Runtime
 
 INPUT = "activation"
 OUTPUT = "output"
@@ -119,7 +120,7 @@ DATATYPES: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
 }
 
-# Runtime rejection reason -> HTTP status.
+# Runtime rejection reason (`runtime.REASONS`) -> HTTP status.
 STATUS: dict[str, int] = {
     "bad-input": 400,
     "hopeless": 504,
@@ -130,30 +131,7 @@ STATUS: dict[str, int] = {
 }
 
 
-class FragmentLike(Protocol):
-    index: int
-    name: str
-    row_shape: tuple[int, ...]
-    dtype: torch.dtype
-    output_row_shape: tuple[int, ...]
-    output_dtype: torch.dtype
-    slo_s: float
-    finite: bool
-
-
-class RuntimeLike(Protocol):
-    """What the front door needs of `graft_fx.serving.runtime.Runtime`."""
-
-    model: str
-    fragments: Sequence[FragmentLike]
-    metrics: Any  # .exposition() -> bytes
-
-    @property
-    def ready(self) -> bool: ...
-
-    def clock(self) -> float: ...
-
-    def submit(self, fragment: int | str, rows: torch.Tensor, deadline_s: float | None = None) -> Future: ...
+assert set(STATUS) == set(REASONS), "every rejection reason needs its HTTP status"
 
 
 class ProtocolError(Exception):
@@ -179,7 +157,7 @@ def _row_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
-def default_max_body_bytes(fragments: Sequence[FragmentLike]) -> int:
+def default_max_body_bytes(fragments: Sequence[FragmentSpec]) -> int:
     """64 kB of JSON plus, for the largest input row, room for it 4 times over in binary or once
     as JSON numbers (up to 25 bytes each as tritonclient writes them), whichever is larger."""
     largest = max((max(4 * _row_bytes(f.row_shape, f.dtype), JSON_BYTES_PER_ELEMENT * math.prod(f.row_shape))
@@ -195,7 +173,7 @@ def _tensor_metadata(name: str, dtype: torch.dtype, row_shape: Sequence[int]) ->
     return {"name": name, "datatype": datatype(dtype), "shape": [1, *row_shape]}
 
 
-def model_metadata(spec: FragmentLike) -> dict:
+def model_metadata(spec: FragmentSpec) -> dict:
     """The protocol's model metadata of one fragment type."""
     return {
         "name": spec.name,
@@ -253,7 +231,7 @@ def _flatten(data: Any, limit: int) -> list:
     return out
 
 
-def _json_tensor(spec: FragmentLike, data: Any, shape: list[int]) -> torch.Tensor:
+def _json_tensor(spec: FragmentSpec, data: Any, shape: list[int]) -> torch.Tensor:
     numel = math.prod(shape)
     flat = _flatten(data, numel)
     where = f"input '{INPUT}' of model '{spec.name}'"
@@ -284,7 +262,7 @@ def _json_tensor(spec: FragmentLike, data: Any, shape: list[int]) -> torch.Tenso
         raise _bad(f"{where}: data cannot be read as {name} ({e})") from None
 
 
-def _binary_tensor(spec: FragmentLike, body: bytearray, offset: int, shape: list[int]) -> torch.Tensor:
+def _binary_tensor(spec: FragmentSpec, body: bytearray, offset: int, shape: list[int]) -> torch.Tensor:
     numel = math.prod(shape)
     size = numel * torch.empty((), dtype=spec.dtype).element_size()
     # a copy of the bytes into a buffer of its own (aligned, and a plain memcpy on this thread: a torch
@@ -297,7 +275,7 @@ def _binary_tensor(spec: FragmentLike, body: bytearray, offset: int, shape: list
     return t
 
 
-def parse_infer(spec: FragmentLike, body: bytearray, header_length: str | None) -> InferRequest:
+def parse_infer(spec: FragmentSpec, body: bytearray, header_length: str | None) -> InferRequest:
     """Validate an inference request for ``spec`` and decode its one input row.
 
     ``body`` is the whole (decompressed) request body, ``header_length`` the value of the
@@ -420,7 +398,7 @@ def parse_infer(spec: FragmentLike, body: bytearray, header_length: str | None) 
     return InferRequest(rows, timeout_us, binary_output, rid)
 
 
-def encode_response(spec: FragmentLike, out: torch.Tensor, binary: bool, rid: str | None) -> Response:
+def encode_response(spec: FragmentSpec, out: torch.Tensor, binary: bool, rid: str | None) -> Response:
     """The protocol's inference response for output ``out`` (already of the spec's shape and dtype)."""
     out = out.detach().to("cpu").contiguous()
     tensor: dict[str, Any] = {"name": OUTPUT, "datatype": datatype(spec.output_dtype), "shape": list(out.shape)}
@@ -516,7 +494,7 @@ def _rejection(e: BaseException) -> ProtocolError:
     return ProtocolError(500, f"execution failed: {type(e).__name__}: {e}")
 
 
-def create_app(runtime: RuntimeLike, *, max_body_bytes: int | None = None) -> FastAPI:
+def create_app(runtime: Runtime, *, max_body_bytes: int | None = None) -> FastAPI:
     """An ASGI app serving ``runtime`` over the Open Inference Protocol (see the module docstring).
 
     ``max_body_bytes``: the largest request body accepted (413 beyond it), after decompression
@@ -551,7 +529,7 @@ def create_app(runtime: RuntimeLike, *, max_body_bytes: int | None = None) -> Fa
             msg = str(exc.detail)
         return _error(exc.status_code, msg, dict(exc.headers or {}))
 
-    def lookup(request: Request) -> FragmentLike:
+    def lookup(request: Request) -> FragmentSpec:
         name = request.path_params["name"]
         spec = specs.get(name)
         if spec is None:
@@ -652,7 +630,7 @@ def create_app(runtime: RuntimeLike, *, max_body_bytes: int | None = None) -> Fa
 # Running it
 
 
-def serve(runtime: RuntimeLike, host: str = "127.0.0.1", port: int = 8000, *, max_body_bytes: int | None = None,
+def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8000, *, max_body_bytes: int | None = None,
           log_level: str = "info", graceful_s: float | None = None) -> None:
     """Serve ``runtime`` on ``host:port`` until interrupted (SIGINT/SIGTERM), blocking.
 
@@ -672,7 +650,7 @@ class Server:
     ...     client = tritonclient.http.InferenceServerClient(server.address)
     """
 
-    def __init__(self, runtime: RuntimeLike, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, runtime: Runtime, host: str = "127.0.0.1", port: int = 0, *,
                  max_body_bytes: int | None = None, log_level: str = "warning", graceful_s: float = 5.0):
         self.app = create_app(runtime, max_body_bytes=max_body_bytes)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
