@@ -2,7 +2,7 @@
 
     graft simulate [--models resnet50[,mobilenet_v2...]] [--trace lte-ghent-car-7] [--slo-ms 350]
                    [--clients 2000] [--seeds 5] [--mps] [--json PATH] [--plot PATH]
-    graft serve [--model resnet50] [--slo-ms 1000] [--clients 40] [--duration-s 60] [--json PATH]
+    graft serve [--model resnet50] [--slo-ms 1000] [--clients 20] [--duration-s 60] [--json PATH]
     graft serve --http [--port 8000]
 
 ``simulate`` sizes a deployment: phones of many speeds on one network trace send requests for one
@@ -20,7 +20,8 @@ the package; other models on a GPU preset get the roofline model (`--profile h20
 profile. The output says which.
 
 ``serve`` runs the plan for real: it makes the same request stream from the same flags, plans the
-graft policy for it on a profile of the machine it runs on (measured once and cached), realigns
+graft policy for it on a profile of the machine it runs on (measured once and cached, then
+calibrated to the machine's speed at start), realigns
 each planned group's tails into one module, and either replays the stream through the runtime on
 the wall clock, printing measured against predicted SLO attainment, or, with --http, serves the
 Open Inference Protocol (KServe v2) until interrupted, each fragment type a model named
@@ -48,7 +49,7 @@ DEFAULTS = {"models": "resnet50", "trace": "lte-ghent-car-7", "slo_ms": 350.0, "
             "upload": "int8", "jpeg_quality": 90, "devices": "fitted", "private_input": True}
 # Serving on this machine's CPU: a CPU runs a resnet50 tail in tens to hundreds of ms, so the SLO
 # is a second, and the load is what two cores serve (near the planned capacity).
-SERVE_DEFAULTS = DEFAULTS | {"slo_ms": 1000.0, "clients": 40, "profile": "cpu"}
+SERVE_DEFAULTS = DEFAULTS | {"slo_ms": 1000.0, "clients": 20, "profile": "cpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +271,9 @@ def serve(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .serving import report
+    from .serving.deployment import deploy
     from .serving.loadgen import replay
+    from .serving.measure import calibrate
     from .serving.runtime import Runtime
     from .serving.simulator import simulate as simulate_policies
     from .serving.stream import make_stream
@@ -281,12 +284,19 @@ def serve(args: argparse.Namespace) -> int:
         raise GraftError(f"--profile {args.profile}: the runtime prices batches on the machine it runs on; expected "
                          "cpu or a JSON profile measured on this device")
     served, partitioning = _served(args, "green-context")
-    (profile, _, (model, example)), = served
+    (profile, costs, (model, example)), = served
+    print("calibrating the profile to this device's speed now", file=sys.stderr)
+    profile = calibrate(profile, model, example, device=args.device)
+    served = [(profile, costs, (model, example))]
     (scenario,) = _scenarios(args, args.seed, served, partitioning)
     stream = make_stream(scenario)
     (planned,) = simulate_policies(scenario, ["graft"], stream=stream)
     if planned.plan is None:
         raise GraftError("no plan: no request of this stream is attainable on this machine (see graft simulate)")
+    gpus = deploy(planned.plan, profile).gpus
+    if gpus > 1:
+        raise GraftError(f"the plan for this load needs {gpus} devices ({planned.plan.total_share:.2f} of one); graft "
+                         "serve runs on one: expected fewer --clients, a lower --rate or a larger --slo-ms")
     if planned.share is None:
         print(f"warning: no plan that fits this device answers 99% of the attainable requests on time; serving the "
               f"largest ({planned.plan.total_share:.2f} of the device)", file=sys.stderr)

@@ -21,9 +21,11 @@ the earliest moment the executor can take a new batch:
   is free the candidate starts now if waiting cannot make it larger: it is full (``max_batch``),
   or it already leaves a queued request out (the next request would miss the head's deadline, and
   the bound only tightens with time). Otherwise every queued request rides in the candidate, and
-  the queue waits for arrivals until the latest start (less ``lead_s``: a wall-clock caller that
-  wakes a little late or spends time of its own on a batch starts it that much early, where the
-  virtual clock of the simulator needs no lead). Waiting spends latency slack, which the
+  the queue waits for arrivals until the latest start (less a lead of ``lead_s`` plus
+  ``lead_fraction`` of the batch's latency: a wall-clock caller that wakes a little late, spends
+  time of its own on a batch, or runs a batch slower than priced starts it that much early,
+  where the virtual clock of the simulator, whose batches take exactly their price, needs no
+  lead). Waiting spends latency slack, which the
   deadline does not reward, on larger batches, which throughput does; and since we wait only while
   nobody queued is left out, waiting never costs a queued request its deadline. ``eager=True``
   starts the candidate whenever the executor is free instead: work-conserving, for baselines.
@@ -122,15 +124,17 @@ class BatchQueue:
       again on a prefix it has already priced.
     """
 
-    def __init__(self, latency: Latency, max_batch: int, eager: bool = False, lead_s: float = 0.0):
+    def __init__(self, latency: Latency, max_batch: int, eager: bool = False, lead_s: float = 0.0,
+                 lead_fraction: float = 0.0):
         if max_batch < 1:
             raise GraftError(f"max_batch must be at least 1, got {max_batch}")
-        if not lead_s >= 0:
-            raise GraftError(f"lead_s must be at least 0 seconds, got {lead_s}")
+        if not (lead_s >= 0 and lead_fraction >= 0):
+            raise GraftError(f"lead_s {lead_s} and lead_fraction {lead_fraction}: expected both at least 0")
         self.latency = latency
         self.max_batch = max_batch
         self.eager = eager
         self.lead_s = lead_s
+        self.lead_fraction = lead_fraction
         self.stats = Stats()
         self._queue: list[Request] = []  # sorted: EDF order
         self._keys: list[tuple] = []  # their keys, in the same order
@@ -312,7 +316,8 @@ class BatchQueue:
         can_grow = k == len(self._queue) and k < self.max_batch
         if self.eager or not can_grow:
             return start
-        return max(start, self._queue[0].deadline_s - self._prefix_s(k) - self.lead_s)
+        batch_s = self._prefix_s(k)
+        return max(start, self._queue[0].deadline_s - batch_s - self.lead_s - self.lead_fraction * batch_s)
 
     def _prefix_s(self, k: int) -> float:
         """The latency of the first ``k`` queued requests, remembered until they change."""
@@ -401,11 +406,11 @@ class Turns:
     virtual clock, the runtime on the wall clock.
     """
 
-    def __init__(self, latencies: Sequence[Latency], max_batch: int, lead_s: float = 0.0):
+    def __init__(self, latencies: Sequence[Latency], max_batch: int, lead_s: float = 0.0, lead_fraction: float = 0.0):
         if not latencies:
             raise GraftError("Turns: expected the latency of at least one group")
         eager = len(latencies) > 1
-        self.queues = [BatchQueue(latency, max_batch, eager, lead_s) for latency in latencies]
+        self.queues = [BatchQueue(latency, max_batch, eager, lead_s, lead_fraction) for latency in latencies]
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues)

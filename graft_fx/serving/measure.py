@@ -39,6 +39,7 @@ import dataclasses
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -246,6 +247,86 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
                       table, None, meta)
     # the p99 of a cell is at least its median, also where the profile's table was made monotone
     return dataclasses.replace(profile, p99_s=np.maximum(tail, profile.latency_s))
+
+
+CALIBRATION_QUANTILE = 90
+"""The percentile of the timed runs' ratios to the profile that `calibrate` scales by."""
+
+
+def calibrate(profile: Profile, model: Any, example: Any, *, device: str | torch.device = "cpu",
+              reps: int = 10, progress: Progress | None = None) -> Profile:
+    """``profile`` scaled to how fast this device runs now: `Profile.scaled` by the ratio of
+    fragment 0's tail (the model from the profile's first cut: the whole model when that is the
+    input), timed now at one row and at the largest batch, to what the profile says for it.
+
+    A cached profile is a measurement of one moment. A shared host's speed drifts: on the 2-core
+    development VM a resnet18 batch took 180 to 250 ms within one minute, and a cached
+    mobilenet_v2 profile read half of what the model took an hour later. A plan and a runtime
+    priced on another moment's speed promise what this one cannot keep; the profile's shape
+    (which piece costs what at which batch) holds, its scale drifts. So each share is timed
+    ``reps`` times per batch size (after one warm-up), spread over some seconds, while the rest of
+    the CPU's threads run the same model (`_neighbours`: partitions of a CPU run side by side
+    and slow each other through shared caches and memory, by about 10% on the development VM),
+    and scaled by the
+    `CALIBRATION_QUANTILE` percentile of the ratios of its two batch sizes, the larger: the
+    profile then describes the slow end of the drift, which is what deadlines must survive. On a
+    CPU each share is timed at its thread count; on a GPU the whole device is timed and its factor
+    applies to every share. ``progress`` gets one step per timed batch size and share.
+    """
+    device = torch.device(device)
+    sel = select(model, example, at=[profile.fragments[0]])
+    tail = sel.modules()[0]
+    if any(t.device != device for t in (*tail.parameters(), *tail.buffers())):
+        tail = copy.deepcopy(tail).to(device)
+    cpu = device.type == "cpu"
+    threads = torch.get_num_threads()
+    largest = int(profile.batches[-1])
+    factors = []
+    with torch.inference_mode():
+        for share in profile.shares if cpu else [1.0]:
+            ratios = []
+            mine = max(1, round(share * threads))
+            for rows in (1, largest):
+                x = _rows(rows, sel.pieces[0].row_shape, sel.row_dtype(0), device)
+                if cpu:
+                    torch.set_num_threads(mine)
+                try:
+                    with _neighbours(tail, _rows(largest, sel.pieces[0].row_shape, sel.row_dtype(0), device),
+                                     threads - mine if cpu else 0):
+                        times = (_times_cpu if cpu else _times_cuda)(lambda: tail(x), reps, 1)
+                finally:
+                    torch.set_num_threads(threads)
+                expected = profile.fragment_s(0, rows, float(share))
+                ratios.append(float(np.percentile(times, CALIBRATION_QUANTILE)) / expected)
+                _advance(progress, 1)
+            factors.append(max(ratios))
+    factors = factors if cpu else factors * len(profile.shares)
+    spread = ", ".join(f"x{f:.2f}" for f in factors)
+    return profile.scaled(factors, f"calibrated to this device now ({spread} per share)")
+
+
+@contextlib.contextmanager
+def _neighbours(module: Any, x: torch.Tensor, threads: int):
+    """While the block runs, ``module(x)`` runs over and over on a thread of its own with
+    ``threads`` intra-op threads (none if 0): the load of the CPU's other partitions."""
+    if threads <= 0:
+        yield
+        return
+    stop = threading.Event()
+
+    def work():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            while not stop.is_set():
+                module(x)
+
+    worker = threading.Thread(target=work, name="graft-calibration-neighbour", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
 
 
 @contextlib.contextmanager

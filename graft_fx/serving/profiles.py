@@ -187,6 +187,20 @@ class Profile:
         """``latency[piece, knot]`` at ``share`` (`share_weights`)."""
         return sum(w * self._grid[:, j, :] for j, w in share_weights(self.shares, share))
 
+    def scaled(self, factors: Sequence[float], why: str) -> Profile:
+        """This profile with every latency at share ``shares[j]`` multiplied by ``factors[j]``
+        (median and p99 alike), ``why`` appended to its source and the factors recorded in
+        ``meta["scaled"]``: a profile measured once, brought to how fast the device runs now
+        (`measure.calibrate`)."""
+        factors = np.asarray(factors, dtype=float)
+        if factors.shape != self.shares.shape or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+            raise GraftError(f"scale factors {factors.tolist()}: expected one positive number per share "
+                             f"({len(self.shares)})")
+        k = factors[None, :, None]
+        return dataclasses.replace(self, source=f"{self.source}; {why}", latency_s=self.latency_s * k,
+                                   p99_s=None if self.p99_s is None else np.asarray(self.p99_s) * k,
+                                   meta={**self.meta, "scaled": factors.tolist()})
+
     def to_json(self) -> dict[str, Any]:
         """This profile as a one-model JSON document (shares keyed by fraction)."""
         def cells(table: np.ndarray, piece: int) -> dict[str, dict[str, float]]:

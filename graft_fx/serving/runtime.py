@@ -76,6 +76,12 @@ the profile, still ends by its head's deadline; a worker that wakes for it a lit
 wait overshoots by a millisecond or more on a loaded host) or spends time of its own on the
 batch (collating rows, answering futures) would otherwise miss that deadline, or find its
 request expired. ``benchmarks/bench_runtime.py`` measures the dispatch part."""
+LEAD_FRACTION = 0.25
+"""A waiting batch also starts this fraction of its priced latency early (`BatchQueue`'s
+``lead_fraction``): a batch runs slower than its price when the host's speed drifts (by 20% within
+a minute on the development VM) or its neighbours load the memory system; the simulator's
+batches take exactly their price. Only waiting is shortened: admission control and drops keep
+the price, so capacity under load does not change."""
 
 
 class Rejected(GraftError):
@@ -119,14 +125,13 @@ class Runtime:
 
     ``instances[g]`` runs ``plan.groups[g]``; ``profile`` is what the plan was made on. The queues
     price batches on ``pricing``, by default ``profile.planning`` (its p99 latencies where it has
-    them, as the planner sizes groups): a batch started at its latest start then ends by its
-    deadline 99 times in 100 where the median would let half of them end late; ``slo_s`` maps fragment types to the budget (s)
-    a request without a deadline gets (default: its group's planned budget, `planner.Group`).
-    ``max_queue`` bounds the requests waiting on one partition; each batch is priced
-    ``overhead_s`` dearer than the profile says (`OVERHEAD_S`), and a waiting batch starts
-    ``lead_s`` before its latest start (`LEAD_S`). Every instance is warmed up before the
-    workers start (`_warm`), so that no request pays for a first run. Raises GraftError when the
-    plan does not fit one device or an instance does not match its group.
+    them, as the planner sizes groups), ``overhead_s`` dearer (`OVERHEAD_S`); a waiting batch
+    starts ``lead_s`` (`LEAD_S`) plus `LEAD_FRACTION` of its price before its latest start.
+    ``slo_s`` maps fragment types to the budget (s) a request without a deadline gets (default:
+    its group's planned budget, `planner.Group`); ``max_queue`` bounds the requests waiting on one
+    partition. Every instance is warmed up before the workers start (`_warm`), so that no request
+    pays for a first run. Raises GraftError when the plan does not fit one device or an instance
+    does not match its group.
     """
 
     def __init__(self, plan: Plan, profile: Profile, instances: Sequence[Instance], *, model: str | None = None,
@@ -278,11 +283,12 @@ class _Worker:
         plan = runtime.plan
         latencies = [_padded(group_latency(pricing, plan.groups[g].fragments, partition.share), runtime.overhead_s)
                      for g in partition.groups]
-        self.turns = Turns(latencies, pricing.max_batch, runtime.lead_s)
+        self.turns = Turns(latencies, pricing.max_batch, runtime.lead_s, LEAD_FRACTION)
         self.pending: dict[int, _Pending] = {}
         self.cond = threading.Condition()
         self.busy_until = -math.inf  # when the running batch ends as priced; the last batch's true end when idle
         self.closing, self.drain = False, True
+        self.waiting_until: float | None = None  # while the worker waits: when it will wake by itself
         runtime.metrics.watch_queue(f"partition{index}", lambda: len(self.pending))
         self.thread = threading.Thread(target=self._loop, name=f"graft-partition-{index}", daemon=True)
 
@@ -305,7 +311,10 @@ class _Worker:
             else:
                 self.turns.arrive(k, r, now)
                 self.pending[r.id] = pending
-                self.cond.notify()
+                if self.waiting_until is not None:  # wake the worker only if it must act sooner
+                    wake = self.turns.next_wakeup(now)
+                    if wake is not None and wake < self.waiting_until:
+                        self.cond.notify()
                 return
         runtime._reject(pending.future, pending.spec, verdict[0], f"{pending.spec.name}: {verdict[1]}")
 
@@ -350,7 +359,9 @@ class _Worker:
                     finished = True
                 elif not rejected:
                     wake = self.turns.next_wakeup(now)
+                    self.waiting_until = math.inf if wake is None else wake
                     self.cond.wait(None if wake is None else max(wake - now, 0.0))
+                    self.waiting_until = None
             for p, reason, why in rejected:
                 runtime._reject(p.future, p.spec, reason, f"{p.spec.name}: {why}")
             if batch is not None or finished:

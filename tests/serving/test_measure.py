@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from graft_fx import GraftError
 from graft_fx.serving import profiles
-from graft_fx.serving.measure import device_name, document, measure
+from graft_fx.serving.measure import calibrate, device_name, document, measure
 from graft_fx.serving.profiles import Piece, Profile
 
 
@@ -149,3 +149,25 @@ def test_the_default_cpu_share_is_all_threads(measured):
 def test_thread_counts_outside_the_machine_are_refused(cores):
     with pytest.raises(GraftError, match="cores="):
         measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, warmup=0, cores=cores)
+
+
+def test_calibration_brings_a_stale_profile_to_this_machines_speed(measured):
+    """A profile 1000x too fast for this machine comes back scaled up by its shares' factors,
+    median and p99 alike, and says so; the shape of the table is kept."""
+    profile, _ = measured
+    stale = profile.scaled(np.full(len(profile.shares), 1e-3), "pretend it was measured on a far faster day")
+    steps = []
+    now = calibrate(stale, net(), EXAMPLE, reps=3, progress=steps.append)
+    factors = np.array(now.meta["scaled"])
+    assert factors.shape == profile.shares.shape and np.all(factors > 50)
+    assert "calibrated to this device now" in now.source and sum(steps) == 2 * len(profile.shares)
+    np.testing.assert_allclose(now.latency_s, stale.latency_s * factors[None, :, None], rtol=1e-9)
+    np.testing.assert_allclose(now.p99_s, np.asarray(stale.p99_s) * factors[None, :, None], rtol=1e-9)
+
+
+def test_a_profile_scales_only_by_one_positive_factor_per_share(measured):
+    profile, _ = measured
+    with pytest.raises(GraftError, match="one positive number per share"):
+        profile.scaled([1.0] * (len(profile.shares) + 1), "too many")
+    with pytest.raises(GraftError, match="one positive number per share"):
+        profile.scaled([0.0] * len(profile.shares), "zero")
