@@ -206,7 +206,8 @@ class BatchQueue:
         The queue is run, on paper, as the policy runs it when it cannot wait: batch after batch
         from ``start + lead_s`` (the executor may free up late by as much as a waiting batch may
         start early), each batch the candidate, the longest EDF prefix of at most ``max_batch``
-        that meets its head's deadline (`_lost`). A head that fits in no batch is lost. The
+        that meets its head's deadline, and each taking ``lead_fraction`` longer than its price
+        (`_lost`), so that what is admitted survives the slowdown a waiting batch is led for. A head that fits in no batch is lost. The
         request is admitted when, with it in its EDF place, it is not lost and nobody is lost who
         would not be without it (requests already doomed, which the next poll drops, do not count
         against it). A refused request would cost itself or a queued request its deadline:
@@ -222,15 +223,17 @@ class BatchQueue:
 
     def _lost(self, order: list[Request], start: float) -> set[int]:
         """The ids of the requests of ``order`` (EDF order) that a back-to-back run of candidate
-        batches from ``start`` loses: heads that cannot meet their deadline even alone."""
+        batches from ``start``, each ``lead_fraction`` slower than priced, loses: heads that cannot
+        meet their deadline even alone."""
         lost: set[int] = set()
+        slow = 1.0 + self.lead_fraction
         t, j, n = start, 0, len(order)
         while j < n:
             deadline = order[j].deadline_s
             lo, hi = 0, min(self.max_batch, n - j)  # the longest prefix that fits: binary search
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if t <= deadline - self.latency(order[j:j + mid]):
+                if t <= deadline - slow * self.latency(order[j:j + mid]):
                     lo = mid
                 else:
                     hi = mid - 1
@@ -238,7 +241,7 @@ class BatchQueue:
                 lost.add(order[j].id)
                 j += 1
             else:
-                t += self.latency(order[j:j + lo])
+                t += slow * self.latency(order[j:j + lo])
                 j += lo
         return lost
 

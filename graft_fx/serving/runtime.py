@@ -80,8 +80,9 @@ LEAD_FRACTION = 0.25
 """A waiting batch also starts this fraction of its priced latency early (`BatchQueue`'s
 ``lead_fraction``): a batch runs slower than its price when the host's speed drifts (by 20% within
 a minute on the development VM) or its neighbours load the memory system; the simulator's
-batches take exactly their price. Only waiting is shortened: admission control and drops keep
-the price, so capacity under load does not change."""
+batches take exactly their price. Admission control plans for batches that much slower too
+(`BatchQueue.admits`), so a request is admitted only if it survives such a slowdown, at the cost
+of up to a fifth of the goodput under overload; drops keep the price."""
 
 
 class Rejected(GraftError):
@@ -288,7 +289,6 @@ class _Worker:
         self.cond = threading.Condition()
         self.busy_until = -math.inf  # when the running batch ends as priced; the last batch's true end when idle
         self.closing, self.drain = False, True
-        self.waiting_until: float | None = None  # while the worker waits: when it will wake by itself
         runtime.metrics.watch_queue(f"partition{index}", lambda: len(self.pending))
         self.thread = threading.Thread(target=self._loop, name=f"graft-partition-{index}", daemon=True)
 
@@ -311,10 +311,7 @@ class _Worker:
             else:
                 self.turns.arrive(k, r, now)
                 self.pending[r.id] = pending
-                if self.waiting_until is not None:  # wake the worker only if it must act sooner
-                    wake = self.turns.next_wakeup(now)
-                    if wake is not None and wake < self.waiting_until:
-                        self.cond.notify()
+                self.cond.notify()
                 return
         runtime._reject(pending.future, pending.spec, verdict[0], f"{pending.spec.name}: {verdict[1]}")
 
@@ -359,9 +356,7 @@ class _Worker:
                     finished = True
                 elif not rejected:
                     wake = self.turns.next_wakeup(now)
-                    self.waiting_until = math.inf if wake is None else wake
                     self.cond.wait(None if wake is None else max(wake - now, 0.0))
-                    self.waiting_until = None
             for p, reason, why in rejected:
                 runtime._reject(p.future, p.spec, reason, f"{p.spec.name}: {why}")
             if batch is not None or finished:
