@@ -50,6 +50,8 @@ DEFAULTS = {"models": "resnet50", "trace": "lte-ghent-car-7", "slo_ms": 350.0, "
 # Serving on this machine's CPU: a CPU runs a resnet50 tail in tens to hundreds of ms, so the SLO
 # is a second, and the load is what two cores serve (near the planned capacity).
 SERVE_DEFAULTS = DEFAULTS | {"slo_ms": 1000.0, "clients": 20, "profile": "cpu"}
+SUSPECT_CALIBRATION = 3.0  # a device this many times slower than its profile is probably busy
+GRACEFUL_S = 10.0  # on Ctrl-C, in-flight HTTP requests get this long; the runtime then rejects the rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", type=_output, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
 
     v = commands.add_parser("serve", help="run the planned, realigned groups for real",
-                            description=__doc__.split("\n\n")[3].replace("\n", " "))
+                            description=next(p for p in __doc__.split("\n\n") if p.startswith("``serve``"))
+                            .replace("\n", " "))
     v.set_defaults(run=serve)
     _workload(v, SERVE_DEFAULTS)
     v.add_argument("--profile", type=_profile, default=SERVE_DEFAULTS["profile"],
@@ -268,6 +271,7 @@ def simulate(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Plan the graft policy on this machine's profile for the request stream the flags make, build
     the runtime, and either replay that stream through it or serve HTTP."""
+    import torch
     from tqdm import tqdm
 
     from .serving import report
@@ -283,10 +287,17 @@ def serve(args: argparse.Namespace) -> int:
     if args.profile != "cpu" and not Path(args.profile).is_file():
         raise GraftError(f"--profile {args.profile}: the runtime prices batches on the machine it runs on; expected "
                          "cpu or a JSON profile measured on this device")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GraftError(f"--device {args.device}: this machine has no CUDA device; expected cpu")
     served, partitioning = _served(args, "green-context")
     (profile, costs, (model, example)), = served
     print("calibrating the profile to this device's speed now", file=sys.stderr)
-    profile = calibrate(profile, model, example, device=args.device)
+    profile = calibrate(profile, model, example, device=device)
+    slowest = max(profile.meta["scaled"])
+    if slowest > SUSPECT_CALIBRATION:
+        print(f"warning: this device runs {slowest:.1f}x slower than when its profile was measured; if something "
+              "else is using it, the plan is sized for that", file=sys.stderr)
     served = [(profile, costs, (model, example))]
     (scenario,) = _scenarios(args, args.seed, served, partitioning)
     stream = make_stream(scenario)
@@ -312,7 +323,7 @@ def serve(args: argparse.Namespace) -> int:
 
             print(f"serving {', '.join(s.name for s in runtime.fragments)} at http://{args.host}:{args.port}/v2 "
                   "(Ctrl-C stops)")
-            serve_http(runtime, host=args.host, port=args.port)
+            serve_http(runtime, host=args.host, port=args.port, graceful_s=GRACEFUL_S)
             return 0
         with tqdm(desc="replaying", total=len(stream.requests), unit="request", file=sys.stderr) as bar:
             measured = replay(runtime, stream, progress=bar.update, seed=args.seed)

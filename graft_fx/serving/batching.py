@@ -216,15 +216,19 @@ class BatchQueue:
         """
         start += self.lead_s
         i = bisect.bisect_right(self._keys, _key(request))
-        lost = self._lost(self._queue[:i] + [request] + self._queue[i:], start)
+        lost, _ = self._paper(self._queue[:i] + [request] + self._queue[i:], start)
         if not lost:
             return True
-        return request.id not in lost and lost <= self._lost(self._queue, start)
+        return request.id not in lost and lost <= self._paper(self._queue, start)[0]
 
-    def _lost(self, order: list[Request], start: float) -> set[int]:
+    def backlog_s(self) -> float:
+        """How long the queued requests keep the executor busy, run as `admits` runs them."""
+        return self._paper(self._queue, 0.0)[1]
+
+    def _paper(self, order: list[Request], start: float) -> tuple[set[int], float]:
         """The ids of the requests of ``order`` (EDF order) that a back-to-back run of candidate
-        batches from ``start``, each ``lead_fraction`` slower than priced, loses: heads that cannot
-        meet their deadline even alone."""
+        batches from ``start``, each ``lead_fraction`` slower than priced, loses (heads that
+        cannot meet their deadline even alone), and when that run ends."""
         lost: set[int] = set()
         slow = 1.0 + self.lead_fraction
         t, j, n = start, 0, len(order)
@@ -243,7 +247,7 @@ class BatchQueue:
             else:
                 t += slow * self.latency(order[j:j + lo])
                 j += lo
-        return lost
+        return lost, t
 
     def _advance(self, now: float) -> None:
         if now < self._now:
@@ -444,6 +448,14 @@ class Turns:
                 if more:
                     decisions[k] = Decision(decisions[k].start, decisions[k].dropped + more)
         return started, decisions
+
+    def admits(self, k: int, request: Request, start: float) -> bool:
+        """Admission control for ``request`` on group ``k``'s queue (`BatchQueue.admits`), from
+        ``start``. On a shared partition the other groups' queued work runs on the same executor:
+        it is counted ahead of the request, all of it, which is conservative (EDF may run some of
+        it later) but never admits what the turns cannot serve."""
+        ahead = sum(q.backlog_s() for j, q in enumerate(self.queues) if j != k)
+        return self.queues[k].admits(request, start + ahead)
 
     def busy_until(self, k: int) -> float:
         """When the batch that queue ``k`` just started finishes, as its latency prices it."""

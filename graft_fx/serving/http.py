@@ -101,6 +101,7 @@ JSON_SLACK_BYTES = 64 * 1024
 # The most bytes one JSON number takes as tritonclient writes it ("-2.2250738585072014e-308,").
 JSON_BYTES_PER_ELEMENT = 25
 RETRY_AFTER_S = 1
+MAX_TIMEOUT_US = 86_400 * 10**6  # a day: longer is a mistake, not a deadline
 INLINE_PARSE_BYTES = 256 * 1024  # bodies larger than this are decoded on a worker thread
 
 # torch dtype -> protocol datatype. The protocol's binary layout is the dtype's native one.
@@ -308,9 +309,11 @@ def parse_infer(spec: FragmentSpec, body: bytearray, header_length: str | None) 
     if not isinstance(params, dict):
         raise _bad('request "parameters" must be a JSON object')
     timeout_us = params.get("timeout")
-    if timeout_us is not None and (not _is_number(timeout_us) or not math.isfinite(timeout_us)):
+    # compared, never converted: a huge JSON integer is a Python int that float() cannot hold, and NaN
+    # or infinity fail the comparison
+    if timeout_us is not None and (not _is_number(timeout_us) or not -MAX_TIMEOUT_US <= timeout_us <= MAX_TIMEOUT_US):
         raise _bad(f'request parameter "timeout" is {json.dumps(timeout_us)[:40]}; expected a number of '
-                   "microseconds")
+                   f"microseconds, at most {MAX_TIMEOUT_US} (a day)")
     binary_default = params.get("binary_data_output", False)
     if type(binary_default) is not bool:
         raise _bad('request parameter "binary_data_output" must be true or false')

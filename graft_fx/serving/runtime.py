@@ -63,12 +63,17 @@ from .routing import Router
 
 REASONS = ("bad-input", "hopeless", "expired", "overloaded", "failed", "shutdown")
 MAX_QUEUE = 1024  # requests waiting on one partition at most, whatever admission control says
+MAX_WAIT_S = 60.0  # a worker re-polls at least this often (a far deadline must not overflow a timed wait)
 OVERHEAD_S = 0.001
-"""The runtime's own time per batch on top of the profile's, in seconds: collating the rows,
-splitting the outputs, answering the futures, and the interpreter's scheduling around them (a
-fraction of a millisecond for small batches on this project's CPU, `benchmarks/bench_runtime.py`).
-The queues price every batch this much dearer, so that back-to-back batches do not drift past
-the deadlines admission control promised."""
+"""The runtime's own time per batch on top of the profile's, in seconds: waking the worker,
+polling the queues and the interpreter's scheduling around them. The queues price every batch
+this much dearer, plus `OVERHEAD_PER_REQUEST_S` per request, so that back-to-back batches do not
+drift past the deadlines admission control promised."""
+OVERHEAD_PER_REQUEST_S = 0.0002
+"""The runtime's own time per request of a batch, in seconds: submitting, collating its row,
+splitting its output, answering its future (100 to 175 us on the development CPU, serialised by
+the interpreter: `benchmarks/bench_runtime.py`). Negligible beside a resnet50; the whole cost of
+a tiny model's batch."""
 LEAD_S = 0.005
 """How long before a waiting batch's latest start the worker starts it, in seconds
 (`BatchQueue`'s ``lead_s``). The latest start is the last moment at which the batch, priced by
@@ -304,7 +309,7 @@ class _Worker:
             elif now > r.deadline_s - alone:
                 verdict = "hopeless", (f"a budget of {(r.deadline_s - now) * 1e3:.1f} ms is below the "
                                        f"{alone * 1e3:.1f} ms this request takes alone")
-            elif len(self.pending) >= self.max_queue or not queue.admits(r, max(now, self.busy_until)):
+            elif len(self.pending) >= self.max_queue or not self.turns.admits(k, r, max(now, self.busy_until)):
                 verdict = "overloaded", (f"{len(self.pending)} requests wait on its partition, and it cannot "
                                          f"be answered within {(r.deadline_s - now) * 1e3:.1f} ms without "
                                          "a deadline lost; retry later")
@@ -356,7 +361,7 @@ class _Worker:
                     finished = True
                 elif not rejected:
                     wake = self.turns.next_wakeup(now)
-                    self.cond.wait(None if wake is None else max(wake - now, 0.0))
+                    self.cond.wait(None if wake is None else min(max(wake - now, 0.0), MAX_WAIT_S))
             for p, reason, why in rejected:
                 runtime._reject(p.future, p.spec, reason, f"{p.spec.name}: {why}")
             if batch is not None or finished:
@@ -374,6 +379,11 @@ class _Worker:
                 runtime._reject(p.future, p.spec, "failed", f"{p.spec.name}: group {g}'s batch of {len(batch)} "
                                                             f"failed: {type(e).__name__}: {e}")
         else:
+            if len(outputs) != len(batch):  # an instance that broke its contract: nobody is left waiting
+                for p in batch:
+                    runtime._reject(p.future, p.spec, "failed", f"{p.spec.name}: group {g}'s instance answered "
+                                                                f"{len(outputs)} rows for a batch of {len(batch)}")
+                return
             for p, out in zip(batch, outputs):
                 runtime._answer(p, out)
         finally:
@@ -421,12 +431,20 @@ def _green_stream(device: torch.device, share: float) -> torch.cuda.Stream | Non
 
 
 def _padded(latency: Latency, overhead_s: float) -> Latency:
-    """``latency`` with the runtime's own ``overhead_s`` added to every batch."""
-    return lambda batch: latency(batch) + overhead_s
+    """``latency`` with the runtime's own cost added: ``overhead_s`` per batch and
+    `OVERHEAD_PER_REQUEST_S` per request."""
+    return lambda batch: latency(batch) + overhead_s + OVERHEAD_PER_REQUEST_S * len(batch)
 
 
 def _problem(spec: FragmentSpec, rows: Any) -> str | None:
-    """What is wrong with a request's tensor for ``spec``, or None."""
+    """What is wrong with a request's tensor for ``spec``, or None; never raises."""
+    try:
+        return _check(spec, rows)
+    except Exception as e:  # noqa: BLE001 - a tensor no check can read (meta, sparse, ...) is bad input
+        return f"cannot read the tensor ({type(e).__name__}: {e}); expected a dense tensor of real values"
+
+
+def _check(spec: FragmentSpec, rows: Any) -> str | None:
     want = (1, *spec.row_shape)
     if not isinstance(rows, torch.Tensor):
         return f"expected a tensor of shape {list(want)}, got {type(rows).__name__}"
@@ -434,6 +452,8 @@ def _problem(spec: FragmentSpec, rows: Any) -> str | None:
         return f"got shape {list(rows.shape)}, expected {list(want)} (one row)"
     if rows.dtype != spec.dtype:
         return f"got dtype {rows.dtype}, expected {spec.dtype}"
+    if rows.layout != torch.strided or rows.device.type == "meta":
+        return f"got a {rows.layout} tensor on {rows.device}, expected a dense tensor with values"
     return nonfinite(rows) if spec.finite else None
 
 

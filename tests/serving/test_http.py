@@ -355,6 +355,14 @@ class TestMalformed:
         body, h = _request(outputs=[{"name": "logits"}])
         _assert_error(_post(http, body, h), 400, "logits", OUTPUT)
 
+    def test_a_timeout_beyond_a_day_or_a_float_is_a_bad_request(self, http):
+        """A review find: an integer no float can hold reached math.isfinite and answered 500."""
+        body = b'{"inputs": [{"name": "activation", "datatype": "FP32", "shape": [1, 3, 4], "data": ' + \
+            json.dumps([0.5] * 12).encode() + b'}], "parameters": {"timeout": 1' + b"0" * 400 + b"}}"
+        _assert_error(_post(http, body), 400, "timeout", "at most")
+        body, h = _request(parameters={"timeout": 1e300})
+        _assert_error(_post(http, body, h), 400, "timeout", "a day")
+
     @pytest.mark.parametrize("timeout", [0, -5])
     def test_deadline_already_past(self, http, timeout):
         body, h = _request(parameters={"timeout": timeout})
