@@ -84,6 +84,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from time import perf_counter, thread_time
@@ -458,19 +459,24 @@ def in_process_sequential(runtime: Runtime, fragment: int, x: torch.Tensor, n: i
     return latency
 
 
-def in_process_concurrent(runtime: Runtime, fragment: int, x: torch.Tensor, threads: int,
-                          seconds: float) -> dict[str, float]:
-    """``threads`` closed-loop clients for ``seconds``: answers per second within the window."""
+def closed_loop(session: Callable[[], tuple[Callable[[], Any], Callable[[], Any]]], threads: int,
+                seconds: float) -> dict[str, float]:
+    """``threads`` closed-loop clients for ``seconds``, each with its own ``session()`` (a call
+    that makes one request and waits for its answer, and a close): answers per second within the
+    window, counted once every client has made its first (warm-up) request."""
     stop = threading.Event()
     counts = [0] * threads
     start = threading.Barrier(threads + 1)
 
     def client(i):
+        call, close = session()
+        call()
         start.wait()
         while not stop.is_set():
-            runtime.submit(fragment, x).result()
+            call()
             if not stop.is_set():
                 counts[i] += 1
+        close()
 
     pool = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -483,6 +489,12 @@ def in_process_concurrent(runtime: Runtime, fragment: int, x: torch.Tensor, thre
     for t in pool:
         t.join()
     return {"requests_per_s": sum(counts) / elapsed, "requests": sum(counts)}
+
+
+def in_process_concurrent(runtime: Runtime, fragment: int, x: torch.Tensor, threads: int,
+                          seconds: float) -> dict[str, float]:
+    """``threads`` closed-loop in-process clients for ``seconds`` (`closed_loop`)."""
+    return closed_loop(lambda: (lambda: runtime.submit(fragment, x).result(), lambda: None), threads, seconds)
 
 
 def http_client(address: str, model: str, row: list[float], sequential: int, rounds: int, threads: int,
@@ -549,31 +561,7 @@ def http_client(address: str, model: str, row: list[float], sequential: int, rou
         close()
     result["sequential"] = {k: v for k, v in result["sequential"].items() if v}
     for k in concurrent_paths:
-        stop = threading.Event()
-        counts = [0] * threads
-        barrier = threading.Barrier(threads + 1)
-
-        def worker(i, k=k, stop=stop, counts=counts, barrier=barrier):
-            call, close = makers[k]()
-            call()
-            barrier.wait()
-            while not stop.is_set():
-                call()
-                if not stop.is_set():
-                    counts[i] += 1
-            close()
-
-        pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-        for t in pool:
-            t.start()
-        barrier.wait()
-        t0 = perf_counter()
-        time.sleep(seconds)
-        stop.set()
-        elapsed = perf_counter() - t0
-        for t in pool:
-            t.join()
-        result["concurrent"][k] = {"requests_per_s": sum(counts) / elapsed, "requests": sum(counts)}
+        result["concurrent"][k] = closed_loop(makers[k], threads, seconds)
     conn.send(result)
     conn.close()
 
