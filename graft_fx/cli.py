@@ -36,7 +36,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import GraftError
 
@@ -244,14 +244,15 @@ def simulate(args: argparse.Namespace) -> int:
     if args.replan_s is not None and args.replan_s < args.slo_ms / 1e3:
         raise GraftError(f"--replan-s {args.replan_s:g} with --slo-ms {args.slo_ms:g}: expected a window of at "
                          "least the SLO (a plan should outlive the requests it was made for)")
-    served, partitioning = _served(args, "mps" if args.mps else "green-context")
+    setup = _served(args, "mps" if args.mps else "green-context")
+    served = setup.served
     seeds = range(args.seed, args.seed + args.seeds)
     with tqdm(desc="simulating", total=len(policies) * len(seeds) * len(served), unit="policy",
               file=sys.stderr) as bar:
-        summaries, streams = over_seeds(lambda seed: _scenarios(args, seed, served, partitioning), seeds, policies,
+        summaries, streams = over_seeds(lambda seed: _scenarios(args, seed, setup), seeds, policies,
                                         progress=lambda name: bar.update())
     results = [s.results[0] for s in summaries]
-    config = _config(args, served, partitioning) | {
+    config = _config(args, setup) | {
         "policies": policies, "seeds": args.seeds, "replan_s": args.replan_s}
     fragments = {profile.model: profile.fragments for profile, _, _ in served}
     print(report.table(config, results, fragments, streams))
@@ -290,16 +291,16 @@ def serve(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GraftError(f"--device {args.device}: this machine has no CUDA device; expected cpu")
-    served, partitioning = _served(args, "green-context")
-    (profile, costs, (model, example)), = served
+    setup = _served(args, "green-context")
+    (profile, costs, (model, example)), = setup.served
     print("calibrating the profile to this device's speed now", file=sys.stderr)
     profile = calibrate(profile, model, example, device=device)
     slowest = max(profile.meta["scaled"])
     if slowest > SUSPECT_CALIBRATION:
         print(f"warning: this device runs {slowest:.1f}x slower than when its profile was measured; if something "
               "else is using it, the plan is sized for that", file=sys.stderr)
-    served = [(profile, costs, (model, example))]
-    (scenario,) = _scenarios(args, args.seed, served, partitioning)
+    setup = setup._replace(served=[(profile, costs, (model, example))])
+    (scenario,) = _scenarios(args, args.seed, setup)
     stream = make_stream(scenario)
     (planned,) = simulate_policies(scenario, ["graft"], stream=stream)
     if planned.plan is None:
@@ -311,7 +312,7 @@ def serve(args: argparse.Namespace) -> int:
     if planned.share is None:
         print(f"warning: no plan that fits this device answers 99% of the attainable requests on time; serving the "
               f"largest ({planned.plan.total_share:.2f} of the device)", file=sys.stderr)
-    print(f"profile: {profile.label}\npartitions: {partitioning}\ngraft plan for {len(stream.requests)} requests, "
+    print(f"profile: {profile.label}\npartitions: {setup.partitioning}\ngraft plan for {len(stream.requests)} requests, "
           f"{planned.plan.total_share:.2f} of the device:")
     print("\n".join(report.describe_plan(planned.plan, profile.fragments)))
     print("building the realigned instances and checking them against the model", file=sys.stderr)
@@ -332,16 +333,25 @@ def serve(args: argparse.Namespace) -> int:
     doc = measured.summary(stream) | {"predicted_slo_attainment": planned.slo_attainment}
     print(report.served_table(doc))
     if args.json:
-        config = _config(args, served, partitioning) | {"device": args.device}
+        config = _config(args, setup) | {"device": args.device}
         args.json.write_text(json.dumps(doc | {"config": config, "plan": report.plan_json(planned.plan,
                                                                                          profile.fragments)}, indent=1))
         print(f"wrote {args.json}")
     return 0
 
 
-def _served(args: argparse.Namespace, mechanism: str) -> tuple[list, Any]:
-    """Check the flags, then build each model, its profile and its costs: ``[(profile, costs, (model,
-    example))]``, and the partitioning of the first profile's device."""
+class _Setup(NamedTuple):
+    """What the flags resolve to: ``served[m]`` is model m's ``(profile, costs, (model, example))``,
+    ``partitioning`` that of the first profile's device, ``trace`` the network trace."""
+
+    served: list
+    partitioning: Any
+    trace: Any
+
+
+def _served(args: argparse.Namespace, mechanism: str) -> _Setup:
+    """Check the flags, then resolve the trace and build each model, its profile and its costs
+    (`_Setup`)."""
     from tqdm import tqdm
 
     from .serving import zoo
@@ -358,7 +368,7 @@ def _served(args: argparse.Namespace, mechanism: str) -> tuple[list, Any]:
     if Path(args.profile).is_file():  # a malformed file is reported before any model is built
         for name in args.models:
             load_profile(args.profile, name)
-    args.trace_object = trace_for(args.trace, args.trace_format)
+    trace = trace_for(args.trace, args.trace_format)
     if args.clients < len(args.models):
         raise GraftError(f"--clients {args.clients} for {len(args.models)} models: expected at least one phone each")
     upload = Upload(args.upload, args.jpeg_quality)
@@ -368,10 +378,10 @@ def _served(args: argparse.Namespace, mechanism: str) -> tuple[list, Any]:
             model, example = zoo.build(name)
             served.append((profile_for(args.profile, name, model, example, progress=bar),
                            model_costs(model, example, upload), (model, example)))
-    return served, for_device(served[0][0].device, mechanism)
+    return _Setup(served, for_device(served[0][0].device, mechanism), trace)
 
 
-def _scenarios(args: argparse.Namespace, seed: int, served: list, partitioning: Any) -> list:
+def _scenarios(args: argparse.Namespace, seed: int, setup: _Setup) -> list:
     """One scenario per model: phone i runs model i mod M; model m's phones draw from seed * M + m."""
     from .serving.devices import DEVICES, PHONE_SPEEDS
     from .serving.simulator import Scenario
@@ -379,22 +389,23 @@ def _scenarios(args: argparse.Namespace, seed: int, served: list, partitioning: 
 
     devices = PHONE_SPEEDS if args.devices == "fitted" else DEVICES.values()
     out = []
+    served = setup.served
     for m, (profile, costs, _) in enumerate(served):
         phones = len(range(m, args.clients, len(served)))
-        clients = make_clients(phones, devices, [args.trace_object], args.rate, args.slo_ms / 1e3, cv=args.cv,
+        clients = make_clients(phones, devices, [setup.trace], args.rate, args.slo_ms / 1e3, cv=args.cv,
                                seed=seed * len(served) + m)
-        out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=partitioning,
+        out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=setup.partitioning,
                             replan_s=getattr(args, "replan_s", None), private_input=args.private_input))
     return out
 
 
-def _config(args: argparse.Namespace, served: list, partitioning: Any) -> dict:
+def _config(args: argparse.Namespace, setup: _Setup) -> dict:
     """The run's settings as the JSON and the table header show them."""
-    return {"model": ",".join(args.models), "models": args.models, "trace": args.trace_object.name,
+    return {"model": ",".join(args.models), "models": args.models, "trace": setup.trace.name,
             "trace_format": args.trace_format, "slo_ms": args.slo_ms, "clients": args.clients,
             "rate_per_s": args.rate, "duration_s": args.duration_s,
-            "profile": "; ".join(sorted({profile.label for profile, _, _ in served})),
-            "device": served[0][0].device, "partitions": str(partitioning), "seed": args.seed, "cv": args.cv,
+            "profile": "; ".join(sorted({profile.label for profile, _, _ in setup.served})),
+            "device": setup.served[0][0].device, "partitions": str(setup.partitioning), "seed": args.seed, "cv": args.cv,
             "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
             "private_input": args.private_input}
 
