@@ -330,7 +330,7 @@ def serve(args: argparse.Namespace) -> int:
             measured = replay(runtime, stream, progress=bar.update, seed=args.seed)
     finally:
         runtime.close(drain=False)
-    doc = measured.summary(stream) | {"predicted_slo_attainment": planned.slo_attainment}
+    doc = measured.summary(stream) | {"predicted_slo_attainment": planned.slo_attainment, "pace": runtime.pace()}
     print(report.served_table(doc))
     if args.json:
         config = _config(args, setup) | {"device": args.device}

@@ -175,6 +175,9 @@ def test_serve_replays_the_stream_through_the_runtime_and_writes_json(profile_ca
     assert sum(doc["rejected_by_reason"].values()) == doc["rejected"]
     assert 0 <= doc["slo_attainment"] <= 1 and 0 <= doc["predicted_slo_attainment"] <= 1
     assert doc["config"]["model"] == "mobilenet_v2" and doc["plan"]["groups"]
+    assert len(doc["pace"]) == len(doc["plan"]["partitions"]) and all(p["factor"] >= 1 for p in doc["pace"])
+    if doc["completed"]:
+        assert "batch time over price: partition 0:" in printed
 
 
 def test_serve_http_answers_the_stock_client_and_stops_on_interrupt(profile_cache):

@@ -225,6 +225,15 @@ class BatchQueue:
         """How long the queued requests keep the executor busy, run as `admits` runs them."""
         return self._paper(self._queue, 0.0)[1]
 
+    def reprice(self) -> None:
+        """``latency`` now answers differently (the runtime's `pace.Pace` changed): forget the
+        remembered prefix latencies and recompute each queued request's latest start alone, so
+        that every later decision uses the new prices. A running batch keeps the price it
+        started with."""
+        self._prefix.clear()
+        self._alone = [(r.deadline_s - self.latency((r,)), k, r) for k, r in zip(self._keys, self._queue)]
+        heapq.heapify(self._alone)
+
     def _paper(self, order: list[Request], start: float) -> tuple[set[int], float]:
         """The ids of the requests of ``order`` (EDF order) that a back-to-back run of candidate
         batches from ``start``, each ``lead_fraction`` slower than priced, loses (heads that
@@ -456,6 +465,11 @@ class Turns:
         it later) but never admits what the turns cannot serve."""
         ahead = sum(q.backlog_s() for j, q in enumerate(self.queues) if j != k)
         return self.queues[k].admits(request, start + ahead)
+
+    def reprice(self) -> None:
+        """Every queue's latency answers differently now (`BatchQueue.reprice`)."""
+        for q in self.queues:
+            q.reprice()
 
     def busy_until(self, k: int) -> float:
         """When the batch that queue ``k`` just started finishes, as its latency prices it."""

@@ -13,7 +13,9 @@ fragment type's protocol name, the group, the partition and the rejection reason
 - ``graft_latency_seconds{fragment}``: from submission to answer, of answered requests;
 - ``graft_batch_size{group}`` and ``graft_batch_seconds{group}``: rows and execution time of each
   batch a group ran;
-- ``graft_queue_depth{partition}``: requests waiting on a partition, read when scraped.
+- ``graft_queue_depth{partition}``: requests waiting on a partition, read when scraped;
+- ``graft_pace{partition}``: how many times its price a partition now prices a batch
+  (`pace.Pace`: above 1 while the host runs slower than profiled), read when scraped.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Metrics:
         self._batch_s = Histogram("graft_batch_seconds", "Execution time of a batch", ["group"],
                                   buckets=LATENCY_BUCKETS, registry=r)
         self._depth = Gauge("graft_queue_depth", "Requests waiting on a partition", ["partition"], registry=r)
+        self._pace = Gauge("graft_pace", "Factor on the profile's batch prices, learned from recent batches",
+                           ["partition"], registry=r)
         self._lock = threading.Lock()
         self._tally = {f: [0, 0] for f in fragments}  # fragment -> [submitted, on time], for the gauge
         attainment = Gauge("graft_slo_attainment", "Requests on time over requests submitted", ["fragment"],
@@ -91,6 +95,10 @@ class Metrics:
     def watch_queue(self, partition: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue depth of ``partition`` whenever the registry is scraped."""
         self._depth.labels(partition).set_function(depth)
+
+    def watch_pace(self, partition: str, factor: Callable[[], float]) -> None:
+        """Report ``factor()`` as the pace of ``partition`` whenever the registry is scraped."""
+        self._pace.labels(partition).set_function(factor)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, for ``/metrics``."""

@@ -164,12 +164,16 @@ SERVED_ROWS = (("requests", "requests", "d"), ("completed", "answered with an ou
 
 
 def served_table(doc: Mapping[str, Any]) -> str:
-    """What `graft serve` measured (``doc``: `loadgen.Measured.summary` and the prediction) as a
-    table, with the rejections by reason under it."""
+    """What `graft serve` measured (``doc``: `loadgen.Measured.summary`, the prediction and
+    `Runtime.pace`) as a table, with the rejections by reason and each partition's batch time
+    over price under it."""
     rows = [("figure", "value")] + [(label, "-" if doc.get(key) is None else format(doc[key], fmt))
                                     for key, label, fmt in SERVED_ROWS]
     reasons = ", ".join(f"{reason} {n}" for reason, n in doc.get("rejected_by_reason", {}).items())
-    return "\n".join(_aligned(rows) + ([f"rejected by reason: {reasons}"] if reasons else []))
+    paces = [f"partition {i}: {p['p50']:.2f}x median, {p['p90']:.2f}x p90 over {p['batches']} batches"
+             for i, p in enumerate(doc.get("pace", ())) if p["batches"]]
+    return "\n".join(_aligned(rows) + ([f"rejected by reason: {reasons}"] if reasons else [])
+                     + (["batch time over price: " + "; ".join(paces)] if paces else []))
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:

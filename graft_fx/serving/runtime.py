@@ -17,6 +17,12 @@ request arrives, when its executor becomes free and at the queues' next wakeup, 
 poll starts on the group's instance, and hands each request its own output row. A batch that
 runs longer than priced makes its requests late, not lost: the next poll is told the true time.
 
+**Pace.** The simulator's batches take exactly their price; the wall clock's do not, and a host
+whose speed drifts makes every batch of a slow stretch late. Each partition learns how much
+slower than priced its recent batches ran (`pace.Pace`, the median ratio of the last five, at
+least 1) and prices every batch that much dearer, so that in a slow stretch it starts batches
+earlier and refuses at the door what it can no longer serve. `Runtime.pace` reports it.
+
 **Placement.** On a CPU each partition's worker runs PyTorch's intra-op work on its share of the
 threads (``torch.set_num_threads`` is per thread: a partition of 1 of 2 cores runs on 1), so the
 partitions together use the cores the profile measured. On CUDA each partition runs on its own
@@ -55,6 +61,7 @@ from .batching import Latency, Turns
 from .deployment import deploy
 from .instances import Instance
 from .metrics import Metrics
+from .pace import Pace
 from .planner import Partition, Plan
 from .pricing import group_latency
 from .profiles import Profile
@@ -217,6 +224,16 @@ class Runtime:
         """Whether the runtime takes requests: not closing, and every partition's worker alive."""
         return not self._closing and all(w.thread.is_alive() for w in self._partitions)
 
+    def pace(self) -> list[dict]:
+        """Per partition, in plan order: its pace now (``factor``) and how its batches' measured
+        times compared with their prices at pace 1 (`pace.Pace.summary`: ``batches``, ``p50``,
+        ``p90``, ``max`` of the ratios)."""
+        out = []
+        for w in self._partitions:
+            with w.cond:
+                out.append({"factor": w.pace.factor} | w.pace.summary())
+        return out
+
     def spec(self, fragment: int | str) -> FragmentSpec:
         """The fragment type by index or protocol name; GraftError naming the known ones if none."""
         spec = self._by_name.get(fragment)
@@ -287,15 +304,21 @@ class _Worker:
     def __init__(self, runtime: Runtime, index: int, partition: Partition, pricing: Profile, max_queue: int):
         self.runtime, self.index, self.partition, self.max_queue = runtime, index, partition, max_queue
         plan = runtime.plan
-        latencies = [_padded(group_latency(pricing, plan.groups[g].fragments, partition.share), runtime.overhead_s)
-                     for g in partition.groups]
-        self.turns = Turns(latencies, pricing.max_batch, runtime.lead_s, LEAD_FRACTION)
+        self.prices = [_padded(group_latency(pricing, plan.groups[g].fragments, partition.share), runtime.overhead_s)
+                       for g in partition.groups]  # per group: a batch's price at pace 1
+        self.pace = Pace()
+        self.turns = Turns([self._paced(price) for price in self.prices], pricing.max_batch, runtime.lead_s,
+                           LEAD_FRACTION)
         self.pending: dict[int, _Pending] = {}
         self.cond = threading.Condition()
         self.busy_until = -math.inf  # when the running batch ends as priced; the last batch's true end when idle
         self.closing, self.drain = False, True
         runtime.metrics.watch_queue(f"partition{index}", lambda: len(self.pending))
+        runtime.metrics.watch_pace(f"partition{index}", lambda: self.pace.factor)
         self.thread = threading.Thread(target=self._loop, name=f"graft-partition-{index}", daemon=True)
+
+    def _paced(self, price: Latency) -> Latency:
+        return lambda batch: self.pace.factor * price(batch)
 
     def offer(self, k: int, pending: _Pending) -> None:
         """Queue ``pending`` on group ``k``'s queue, or reject it at once (see the module docstring)."""
@@ -370,7 +393,9 @@ class _Worker:
     def _execute(self, k: int, batch: list[_Pending], synchronize: Callable[[], None]) -> None:
         runtime = self.runtime
         g = self.partition.groups[k]
+        priced = self.prices[k]([p.request for p in batch])
         start = runtime.clock()
+        ran = False
         try:
             outputs = runtime.instances[g].run([p.request.fragment for p in batch], [p.rows for p in batch])
             synchronize()
@@ -384,12 +409,15 @@ class _Worker:
                     runtime._reject(p.future, p.spec, "failed", f"{p.spec.name}: group {g}'s instance answered "
                                                                 f"{len(outputs)} rows for a batch of {len(batch)}")
                 return
+            ran = True
             for p, out in zip(batch, outputs):
                 runtime._answer(p, out)
         finally:
             end = runtime.clock()
             with self.cond:
                 self.busy_until = end
+                if ran and self.pace.observe(end - start, priced):
+                    self.turns.reprice()
             runtime.metrics.batch(_group_name(g), len(batch), end - start)
 
     @contextlib.contextmanager

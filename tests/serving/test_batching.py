@@ -506,3 +506,19 @@ def test_a_lead_starts_a_waiting_batch_that_much_before_its_latest_start():
     assert early.poll(7.5, -math.inf).start and not plain.poll(7.5, -math.inf).start
     with pytest.raises(GraftError, match="lead_s"):
         BatchQueue(Linear(1.0, 1.0), 8, lead_s=-1.0)
+
+
+def test_a_repriced_queue_decides_on_the_new_prices():
+    """Doubling the price moves the latest start earlier and drops what the new price dooms."""
+    scale = [1.0]
+    q = BatchQueue(lambda batch: scale[0] * (1.0 + len(batch)), 8)
+    q.arrive(Request(10.0, 0.0, 0, 0), 0.0)
+    q.arrive(Request(4.5, 0.0, 1, 0), 0.0)
+    assert q.poll(0.0, -math.inf) == Decision() and q.next_wakeup(0.0) == 1.5  # 4.5 - (1 + 2)
+    scale[0] = 2.0
+    q.reprice()
+    # alone the second costs 4, by 4.5 it must start at 0.5; together they cost 6: too late for 4.5
+    assert q.next_wakeup(0.0) == 0.0
+    decision = q.poll(1.0, -math.inf)
+    assert [d.request.id for d in decision.dropped] == [1] and decision.dropped[0].reason == EXPIRED
+    assert q.next_wakeup(1.0) == 6.0  # 10 - 2 * 2

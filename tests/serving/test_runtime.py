@@ -127,6 +127,45 @@ def test_admitted_requests_meet_their_deadlines_at_three_times_capacity(frozen_h
     assert counts["overloaded"] >= n / 2 and refused_at_once >= counts["overloaded"], counts
 
 
+def _slow_host_run(n: int = 600, gap_s: float = 0.002) -> tuple[Counter, float, Runtime]:
+    """Requests at 90% of what the profile says a partition serves, on a host three times slower
+    than the profile (batches sleep 3x their price): outcomes, on-time answers, the runtime."""
+    profile = sleepy_profile(2, 0.004, 0.001)
+    plan = hand_plan(profile, ((0, 1),), budget_s=0.2, shared=True)
+    counts, lock = Counter(), threading.Lock()
+
+    def tally(future):
+        with lock:
+            counts[future.exception().reason if future.exception() is not None else "answered"] += 1
+
+    with Runtime(plan, profile, [SleepyInstance((0, 1), base_s=0.012, per_row_s=0.003)]) as runtime:
+        start = runtime.clock()
+        for i in range(n):
+            wait = start + i * gap_s - runtime.clock()
+            if wait > 0:
+                time.sleep(wait)
+            runtime.submit(i % 2, torch.full((1, 4), float(i))).add_done_callback(tally)
+    metrics = runtime.metrics.exposition().decode()
+    on_time = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("graft_on_time_total"))
+    return counts, on_time, runtime
+
+
+def test_a_host_slower_than_its_profile_is_paced_and_refuses_rather_than_answers_late(frozen_heap, monkeypatch):
+    """The same overload twice in one run: with the pace learned, admitted requests are on time
+    and the rest are refused; with the pace pinned to 1, most admitted requests are late, and
+    fewer requests are on time in all (the late batches cascade)."""
+    counts, on_time, runtime = _slow_host_run()
+    assert sum(counts.values()) == 600
+    assert on_time >= 0.9 * counts["answered"] and counts["overloaded"] >= 150, (on_time, counts)
+    (pace,) = runtime.pace()
+    assert pace["factor"] > 2 and pace["p50"] > 2 and pace["batches"] > 10, pace
+    assert f'graft_pace{{partition="partition0"}} {pace["factor"]}' in runtime.metrics.exposition().decode()
+    monkeypatch.setattr("graft_fx.serving.pace.MAX_PACE", 1.0)
+    pinned_counts, pinned_on_time, _ = _slow_host_run()
+    assert pinned_on_time < 0.5 * pinned_counts["answered"] and pinned_on_time < 0.5 * on_time, (pinned_counts,
+                                                                                                  pinned_on_time)
+
+
 def test_a_failing_batch_fails_only_its_requests():
     with sleepy_runtime(fail_on=13.0, budget_s=0.5) as runtime:
         first = [runtime.submit(i % 2, torch.full((1, 4), float(i))) for i in range(40)]
