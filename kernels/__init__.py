@@ -1,4 +1,13 @@
 """Triton kernels for the batched shared layers, installed as ``graft_fx.kernels``.
 
-Empty until the kernels issue lands: the realigned graph runs on PyTorch's own ops for now.
+One op per file: its Triton kernel, its plain-torch reference, and its registration as a
+``torch.library.custom_op`` in the ``graft`` namespace with a fake (meta) implementation and a
+FLOP formula, so that it composes with torch.compile, torch.export and the project's own shape
+analysis. `dispatch` decides whether an op runs its kernel or its reference. Importing the
+package registers every op (``torch.ops.graft.*``).
+
+- `gather`: ``torch.cat(xs)`` along the rows in one launch;
+- `gather_linear`: a Linear over the rows of several tensors, read where they lie;
 """
+
+from . import gather, gather_linear  # noqa: F401 - registers the ops

@@ -1,9 +1,18 @@
-"""Hypothesis profiles: a small deterministic one for CI, a large one for soaking.
+"""Hypothesis profiles: a small deterministic one for CI, a large one for soaking; and Triton's
+interpreter for the kernels.
 
-Choose with GRAFT_HYPOTHESIS_PROFILE=large (default: ci).
+Choose with GRAFT_HYPOTHESIS_PROFILE=large (default: ci). Without a GPU the kernels run in
+Triton's interpreter: ``TRITON_INTERPRET=1`` is set here, before any test imports
+``graft_fx.kernels`` (``@triton.jit`` decides at definition time); on a machine with CUDA it is
+left unset, so the kernels compile, unless the environment sets it.
 """
 
 import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import HealthCheck, settings
 
