@@ -1,8 +1,9 @@
 """``realign()``: many fragments in, one RealignedModule out.
 
 The pipeline: capture each fragment and find the role of each node (``analysis.py``), partition
-all nodes into classes (``align.py``), emit one graph (``rewrite.py``), describe it (``plan.py``)
-and, by default, check it against separate execution on random rows (``verify.py``).
+all nodes into classes (``align.py``), emit one graph (``rewrite.py``), lower its patterns into
+graft's kernel ops where they pay (``lowering.py``), describe it (``plan.py``) and, by default,
+check it against separate execution on random rows (``verify.py``).
 ``RealignedModule`` checks every call's inputs against the fragments' input specs, then runs the
 graph built for the fragments present in that call (cached per set).
 """
@@ -20,6 +21,7 @@ from .align import FLOPS_PER_COPIED_BYTE, NodeClass, align
 from .analysis import Analysis, analyze
 from .capture import InputSpec, fetch_attr
 from .errors import GraftError
+from .lowering import KERNELS, lower
 from .plan import Plan, make_plan
 from .rewrite import emit
 from .verify import verify as _verify
@@ -29,18 +31,21 @@ class RealignedModule(nn.Module):
     """Runs n fragments as one graph: ``rm(x_1, ..., x_n) == (f_1(x_1), ..., f_n(x_n))``.
 
     ``x_i`` is a tensor (a tuple for a fragment with several inputs), ``None`` for an absent
-    fragment (its output is None), with any batch size, 0 included.
+    fragment (its output is None), with any batch size, 0 included. ``kernels`` says where its
+    graphs call graft's kernel ops (`lowering.KERNELS`).
     """
 
-    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], plan: Plan):
+    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], plan: Plan, kernels: str = "auto"):
         super().__init__()
+        if kernels not in KERNELS:
+            raise GraftError(f"kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
         self._analyses = analyses
         self._classes = classes
         self.plan = plan
+        self.kernels = kernels
         self._class_of = {m: c for c in classes for m in c.members}
-        everyone = frozenset(range(len(analyses)))
-        self._graphs: dict[frozenset[int], fx.GraphModule] = {everyone: emit(analyses, classes, everyone)}
-        self.graph_module = self._graphs[everyone]
+        self._graphs: dict[frozenset[int], fx.GraphModule] = {}
+        self.graph_module = self.graph_for(frozenset(range(len(analyses))))
 
     @property
     def num_fragments(self) -> int:
@@ -65,10 +70,17 @@ class RealignedModule(nn.Module):
         return self._class_of.get((f, node))
 
     def graph_for(self, present: frozenset[int]) -> fx.GraphModule:
-        """The realigned graph specialized to the fragments in ``present``."""
+        """The realigned graph specialized to the fragments in ``present``, lowered."""
         if present not in self._graphs:
-            self._graphs[present] = emit(self._analyses, self._classes, present)
+            gm = emit(self._analyses, self._classes, present)
+            self._graphs[present] = lower(gm, self._examples(present), self.kernels)
         return self._graphs[present]
+
+    def _examples(self, present: frozenset[int]) -> list[torch.Tensor | None]:
+        """The graph's flat inputs for ``present``: two rows of each present fragment's input
+        specs (shapes, dtypes and devices for `lowering.lower` to fake), None for the others."""
+        return [torch.empty((2, *spec.row_shape), dtype=spec.dtype, device=spec.device) if f in present else None
+                for f, a in enumerate(self._analyses) for spec in a.captured.inputs]
 
     def forward(self, *inputs: Any) -> tuple[Any, ...]:
         if len(inputs) != self.num_fragments:
@@ -164,7 +176,8 @@ def _check_state(analyses: list[Analysis]) -> None:
 
 
 def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None, *,
-            verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE) -> RealignedModule:
+            verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
+            kernels: str = "auto") -> RealignedModule:
     """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
 
     ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms, each captured with
@@ -177,7 +190,11 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ``torch.testing.assert_close``'s tolerance raises GraftError naming the fragment and the first
     differing node. A shared region is kept only where it batches at least
     ``min_flops_per_byte`` FLOPs per row for each byte per row its gathers copy (the cost rule,
-    ``align.FLOPS_PER_COPIED_BYTE``); 0 shares every region that can be shared. Raises GraftError
+    ``align.FLOPS_PER_COPIED_BYTE``); 0 shares every region that can be shared. ``kernels``
+    chooses where the graphs call graft's fused kernel ops (``lowering.py``): ``"auto"`` where
+    they are expected to be faster (CUDA with Triton, large enough layers), ``"triton"``
+    wherever a pattern matches (the ops run their torch references where Triton cannot run),
+    ``"torch"`` never. Raises GraftError
     (TraceError) for fragments that cannot be captured or served: see ``capture`` and the messages.
     """
     if isinstance(fragments, (torch.nn.Module, torch.export.ExportedProgram)) or not hasattr(fragments, "__iter__"):
@@ -196,7 +213,7 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     _check_uniform(analyses)
     _check_state(analyses)
     classes, declined = align(analyses, min_flops_per_byte)
-    rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined))
+    rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined), kernels)
     if verify:
         _verify(rm)
     return rm
