@@ -25,13 +25,10 @@ Before timing, ``gather``'s output is checked equal to ``torch.cat``'s. Run::
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils.benchmark as benchmark
-from machine import describe
+from kernel_bench import add_arguments, median_us, start, write_json
 
 from graft_fx.kernels.dispatch import interpreting, use_triton
 from graft_fx.kernels.gather import gather
@@ -56,11 +53,6 @@ def copy_loop(xs: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def median_us(fn, xs: list[torch.Tensor], min_run_time: float) -> float:
-    timer = benchmark.Timer(stmt="fn(xs)", globals={"fn": fn, "xs": xs})
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
-
-
 def measure(groups: int, rows: int, row: tuple[int, ...], args, kernel: str) -> dict[str, Any]:
     """One shape: each method's median µs (``gather``: None when it is only checked)."""
     xs = inputs(groups, rows, row, args.dtype, args.device)
@@ -68,14 +60,14 @@ def measure(groups: int, rows: int, row: tuple[int, ...], args, kernel: str) -> 
     mb = expected.numel() * expected.element_size() / 2**20
     result: dict[str, Any] = {"groups": groups, "rows": rows, "row": list(row), "out_mb": round(mb, 3)}
     for name, fn in (("cat", torch.cat), ("loop", copy_loop)):
-        result[f"{name}_us"] = median_us(fn, xs, args.min_run_time)
+        result[f"{name}_us"] = median_us(fn, (xs,), args.min_run_time)
     if kernel == "interpreter":
         result["gather_us"] = None
         result["gather_checked"] = mb <= args.interpret_max_mb and torch.equal(gather(xs), expected)
     else:
         if not torch.equal(gather(xs), expected):
             raise AssertionError(f"gather differs from torch.cat at G={groups}, rows={rows}, row={list(row)}")
-        result["gather_us"] = median_us(gather, xs, args.min_run_time)
+        result["gather_us"] = median_us(gather, (xs,), args.min_run_time)
         result["gather_checked"] = True
     return result
 
@@ -98,22 +90,15 @@ def table(results: list[dict[str, Any]], kernel: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    add_arguments(parser)
     parser.add_argument("--max-mb", type=float, default=1024.0, help="skip shapes whose output is larger (MiB)")
     parser.add_argument("--interpret-max-mb", type=float, default=1.0,
                         help="under TRITON_INTERPRET=1, check gather only on outputs this small (MiB)")
-    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per blocked_autorange")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
-    args.dtype = getattr(torch, args.dtype)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    args.dtype, machine = start(parser, args, {"cuda": "float32", "cpu": "float32"})
     probe = torch.empty(1, device=args.device)
     kernel = "triton" if use_triton(probe) and args.device == "cuda" else (
         "interpreter" if use_triton(probe) and interpreting() else "reference")
-    machine = describe(args.device)
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     print({"triton": "gather runs the Triton kernel: timed.",
            "reference": "CPU: only the torch paths are timed (gather falls back to its torch.cat reference "
                         "behind the op's dispatch); the Triton path needs a GPU: --device cuda.",
@@ -132,11 +117,8 @@ def main() -> None:
     table(results, kernel)
     if skipped:
         print(f"\nskipped (output over {args.max_mb} MiB): {skipped}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "dtype": str(args.dtype), "kernel": kernel,
-                                         "results": results, "skipped": skipped}, indent=1))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, {"machine": machine, "dtype": str(args.dtype), "kernel": kernel, "results": results,
+                           "skipped": skipped})
 
 
 if __name__ == "__main__":

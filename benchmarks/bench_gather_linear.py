@@ -23,16 +23,12 @@ gives steadier figures than a multi-threaded GEMM that waits for a preempted thr
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
-from machine import describe
+from kernel_bench import add_arguments, median_us, start, write_json
 
 from graft_fx.kernels.dispatch import interpreting, use_triton
 from graft_fx.kernels.gather_linear import gather_linear, gather_linear_reference
@@ -48,11 +44,6 @@ def cat_linear(xs, weight, bias):
 
 def linear_per_input(xs, weight, bias):
     return torch.cat([F.linear(x, weight, bias) for x in xs])
-
-
-def median_us(fn, args, min_run_time: float) -> float:
-    timer = Timer("fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
 def case(g: int, m: int, size: int, dtype: torch.dtype, device: str, args) -> dict[str, Any]:
@@ -89,23 +80,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                        help="default: float16 on cuda, float32 on cpu")
+    add_arguments(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="K = N values (default: by device)")
-    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timing per path and shape")
-    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results (and the machine) here")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here")
-    dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
+    dtype, machine = start(parser, args, {"cuda": "float16", "cpu": "float32"})
     sizes = args.sizes or SIZES[args.device]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    machine = describe(args.device)
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     if args.device == "cpu":
         print("CPU: only the torch paths are timed; the Triton path needs a GPU (--device cuda)"
               + (". TRITON_INTERPRET=1: the kernel runs under the interpreter, checked against the reference, "
@@ -114,12 +93,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [case(g, m, size, dtype, args.device, args) for size in sizes for g in INPUTS for m in ROWS]
     print_table(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"machine": machine, "dtype": str(dtype), "at": datetime.datetime.now().isoformat(timespec="seconds"),
-               "interpreter": interpreting(), "rows": rows}
-        args.json.write_text(json.dumps(doc, indent=1))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, {"machine": machine, "dtype": str(dtype), "interpreter": interpreting(), "rows": rows})
 
 
 if __name__ == "__main__":

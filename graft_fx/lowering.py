@@ -23,6 +23,7 @@ to be faster (launch-bound small layers stay on the library ops).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,13 +119,17 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
     """
     if kernels not in KERNELS:
         raise GraftError(f"kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
-    if kernels == "torch":
+    if kernels == "torch" or (kernels == "auto" and not _on_cuda(example_inputs)):
         return gm
     anchors = {r.anchor: r for r in rules}
     if not any(n.op == "call_function" and n.target in anchors for n in gm.graph.nodes):
         return gm
-    # weights stay real (get_attr): the mode fakes them as it meets them
-    FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
+    try:  # weights stay real (get_attr): the mode fakes them as it meets them
+        FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
+    except Exception as e:  # noqa: BLE001 - a graph fake tensors cannot run keeps the library ops
+        warnings.warn(f"graph not lowered to graft's kernels: fake propagation failed ({type(e).__name__}: {e})",
+                      RuntimeWarning, stacklevel=2)
+        return gm
     changed = False
     for node in list(gm.graph.nodes):
         rule = anchors.get(node.target) if node.op == "call_function" else None
@@ -143,6 +148,13 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
         gm.graph.lint()
         gm.recompile()
     return gm
+
+
+def _on_cuda(example_inputs: Sequence[Any]) -> bool:
+    """Whether "auto" could lower anything: Triton installed and an input on a CUDA device."""
+    from .kernels.dispatch import HAS_TRITON
+
+    return HAS_TRITON and any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs)
 
 
 def _worth(match: Match, kernels: str) -> bool:

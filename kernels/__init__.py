@@ -8,6 +8,7 @@ package registers every op (``torch.ops.graft.*``).
 
 - `gather`: ``torch.cat(xs)`` along the rows in one launch;
 - `gather_linear`: a Linear over the rows of several tensors, read where they lie;
+- `segment_matmul`: contiguous row segments, each multiplied by its own weight ``[G, K, N]``.
 """
 
-from . import gather, gather_linear  # noqa: F401 - registers the ops
+from . import gather, gather_linear, segment_matmul  # noqa: F401 - registers the ops

@@ -37,13 +37,17 @@ def interpreting() -> bool:
     return _INTERPRETING
 
 
-def use_triton(*tensors: torch.Tensor) -> bool:
+def use_triton(*tensors: torch.Tensor, dot: bool = False) -> bool:
     """Whether the Triton kernel can run on ``tensors`` (all on one device): CUDA with Triton
-    installed, or the CPU under the interpreter."""
+    installed, or the CPU when the kernels were defined under the interpreter. ``dot``: the
+    kernel multiplies with ``tl.dot``, whose bfloat16 the interpreter gets wrong, so bfloat16
+    runs the reference there."""
     if not HAS_TRITON or not tensors:
         return False
     kinds = {t.device.type for t in tensors}
-    return kinds == {"cuda"} or (kinds == {"cpu"} and interpreting())
+    if kinds == {"cuda"}:
+        return True
+    return kinds == {"cpu"} and _INTERPRETING and not (dot and any(t.dtype == torch.bfloat16 for t in tensors))
 
 
 def activation_code(name: str) -> int:

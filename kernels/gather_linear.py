@@ -58,7 +58,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from graft_fx.errors import GraftError
-from graft_fx.kernels.dispatch import HAS_TRITON, activate, activation_code, interpreting, use_triton
+from graft_fx.kernels.dispatch import HAS_TRITON, activate, activation_code, use_triton
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -190,17 +190,11 @@ def _launch(xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | N
     return out
 
 
-def _kernel_runs(tensors: list[torch.Tensor]) -> bool:
-    """Whether the op runs the kernel: where `dispatch.use_triton` says Triton can, except bfloat16
-    under the interpreter, whose bfloat16 ``tl.dot`` is wrong (the reference runs instead)."""
-    return use_triton(*tensors) and not (interpreting() and tensors[0].dtype == torch.bfloat16)
-
-
 @torch.library.custom_op("graft::gather_linear", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
 def _gather_linear_op(xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
                       activation: str) -> torch.Tensor:
     check_inputs(xs, weight, bias, activation)
-    if _kernel_runs([*xs, weight] + ([bias] if bias is not None else [])):
+    if use_triton(*xs, weight, *([bias] if bias is not None else []), dot=True):
         return _launch(xs, weight, bias, activation)
     return gather_linear_reference(xs, weight, bias, activation)
 
