@@ -27,6 +27,7 @@ fragment almost nothing to share.
     python benchmarks/bench_realign.py                 # the full benchmark (slow on a small CPU)
     python benchmarks/bench_realign.py --quick         # smoke test
     python benchmarks/bench_realign.py --models vit_b_16 --k 2 --reps 1 --markdown
+    python benchmarks/bench_realign.py --device cuda --models resnet50 --kernels triton   # with graft's kernels
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def measure(name: str, k: int, args: argparse.Namespace, device: torch.device) -
     rows = draw_rows(k, args.rows)
     setting = build_setting(model, side, cuts, rows, device)
     start = time.perf_counter()
-    rm = graft_fx.realign(setting.tails, verify=False)  # checked below, outside the timing
+    rm = graft_fx.realign(setting.tails, verify=False, kernels=args.kernels)  # checked below, outside the timing
     realign_s = time.perf_counter() - start
     fns = {"separate": separate_fn(setting), "realigned": realigned_fn(setting, rm), "ideal": ideal_fn(setting)}
     with exact_fp32():
@@ -266,6 +267,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each mode first (default: 1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave as is)")
+    p.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
+                   help="where realigned graphs call graft's kernel ops (realign's kernels=; default: auto)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {' and '.join(QUICK_MODELS)}, k=2,4, 2 reps (explicit flags still win)")
     p.add_argument("--json", metavar="PATH", help="write the machine and every row to PATH")
@@ -287,7 +290,7 @@ def main() -> None:
     device = torch.device(args.device)
     machine = describe(device)
     print(" | ".join(f"{k}: {v}" for k, v in machine.items()))
-    print(f"reps {args.reps} (median), warmup {args.warmup}, rows per fragment "
+    print(f"kernels {args.kernels}, reps {args.reps} (median), warmup {args.warmup}, rows per fragment "
           f"{args.rows or f'1..{MAX_ROWS} (seeded)'}")
     settings = [(name, k) for name in args.models for k in args.k]
     results: list[Row] = []
