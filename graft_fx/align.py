@@ -88,8 +88,9 @@ _UNEMITTED = (Role.FOLDED, Role.CHECK)
 
 
 class _Pool:
-    def __init__(self, analyses: list[Analysis], strict: bool):
+    def __init__(self, analyses: list[Analysis], strict: bool, share: str):
         self.strict = strict
+        self.share = share
         self.analyses = analyses
         self.members: list[Member] = [
             (f, n) for f, a in enumerate(analyses) for n in a.nodes if a.verdicts[n].role not in _UNEMITTED
@@ -102,7 +103,7 @@ class _Pool:
         return self.analyses[m[0]].verdicts[m[1]].role
 
     def initial_labels(self) -> None:
-        keys = KeyMaker()
+        keys = KeyMaker(self.share)
         raw: dict[Member, Hashable] = {}
         for f, a in enumerate(self.analyses):
             const_ids: dict[fx.Node, int] = {}
@@ -165,10 +166,10 @@ def _renumber(raw: dict[Member, Hashable]) -> dict[Member, int]:
     return {m: numbers.setdefault(v, len(numbers)) for m, v in raw.items()}
 
 
-def _partition(analyses: list[Analysis], strict: bool) -> list[NodeClass] | None:
+def _partition(analyses: list[Analysis], strict: bool, share: str) -> list[NodeClass] | None:
     """The classes of the coarsest partition (relaxed or strict signature), in topological
     order; None when the class graph has a cycle."""
-    pool = _Pool(analyses, strict)
+    pool = _Pool(analyses, strict, share)
     pool.initial_labels()
     pool.refine()
     while pool.split_lanes():
@@ -190,15 +191,15 @@ class Declined:
     copied_bytes_per_row: int
 
 
-def align(analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE
+def align(analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE, share: str = "weights"
           ) -> tuple[list[NodeClass], list[Declined]]:
     """The classes that the realigned graph computes, in an order where inputs come first, and
-    the regions declined by the cost rule.
+    the regions declined by the cost rule; ``share`` is how weights must agree (`keys.SHARES`).
 
     The relaxed partition, or the strict one where the relaxed one is cyclic; then the regions
     not worth batching are dealt back to their fragments until every shared region pays.
     """
-    classes = _partition(analyses, strict=False) or _partition(analyses, strict=True)
+    classes = _partition(analyses, False, share) or _partition(analyses, True, share)
     assert classes is not None, "the strict partition is acyclic by construction"
     declined: list[Declined] = []
     while True:

@@ -19,6 +19,15 @@ fragments would read and update one tensor.
 Weights are compared by value through a ``TensorInterner``: the same tensor object is recognised
 at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device and a few sampled
 values) and confirmed with an exact ``torch.equal`` before they share a number.
+
+**Structural sharing** (``share="structure"``): a weight whose every use is a weight of a layer in
+`STRUCTURAL` (linear, conv2d, eval-mode batch_norm, layer_norm) is keyed by its shape, dtype and
+device instead of its value, so the layers of fine-tuned copies of one model, equal in structure,
+different in weights, fall into one class. The realigned graph runs such a class once per run of
+fragments with equal weights, each on its own rows (``rewrite.py``), and the lowering batches the
+runs in one kernel where it has one (``lowering.py``: linear through ``segment_matmul``). Any
+other use of a weight keeps it keyed by value: an op outside the table cannot be run per segment
+by a rule, and a computed constant would be computed from one fragment's weights for all.
 """
 
 from __future__ import annotations
@@ -35,6 +44,15 @@ from .canonical import RESHAPES
 from .capture import fetch_attr
 from .facts import Facts
 from .separable import Role, Verdict, updates
+
+SHARES = ("weights", "structure")
+STRUCTURAL = {
+    torch.ops.aten.linear.default: (1, 2),                 # weight, bias
+    torch.ops.aten.conv2d.default: (1, 2),                 # weight, bias
+    torch.ops.aten.batch_norm.default: (1, 2, 3, 4),       # weight, bias, running_mean, running_var
+    torch.ops.aten.layer_norm.default: (2, 3),             # weight, bias
+}
+"""Layers that may share by structure, and the argument positions of their weights."""
 
 _SAMPLES = 16
 BATCH = sympy.Symbol("B", integer=True, positive=True)
@@ -56,9 +74,10 @@ def fingerprint(t: torch.Tensor) -> Hashable:
     return (*head, tuple(flat[: step * (samples - 1) + 1 : max(step, 1)].tolist()))
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal values, and for floating tensors equal signs too (``torch.equal`` has 0.0 == -0.0)."""
-    if not torch.equal(a, b):
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes, dtypes, devices and values, and for floating tensors equal signs too
+    (``torch.equal`` has 0.0 == -0.0)."""
+    if (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device) or not torch.equal(a, b):
         return False
     return not a.is_floating_point() or torch.equal(torch.signbit(a), torch.signbit(b))
 
@@ -76,7 +95,7 @@ class TensorInterner:
         if hit is not None:
             return hit[1]
         bucket = self._buckets.setdefault(fingerprint(t), [])
-        number = next((n for other, n in bucket if _same(other, t)), None)
+        number = next((n for other, n in bucket if same_values(other, t)), None)
         if number is None:
             number = next(self._numbers)
             bucket.append((t, number))
@@ -110,11 +129,21 @@ def freeze(v: Any) -> Hashable:
         return ("repr", repr(v))
 
 
-class KeyMaker:
-    """Computes layer keys for one realign() call; constants are numbered across fragments."""
+def structural(node: fx.Node) -> bool:
+    """Whether every use of ``node`` is as a weight of a `STRUCTURAL` layer."""
+    return bool(node.users) and all(
+        any(user.args[i] is node for i in STRUCTURAL.get(user.target, ()) if i < len(user.args)) and
+        sum(a is node for a in pytree.tree_leaves((user.args, user.kwargs))) == 1
+        for user in node.users)
 
-    def __init__(self) -> None:
+
+class KeyMaker:
+    """Computes layer keys for one realign() call; constants are numbered across fragments.
+    ``share="structure"`` keys the weights of `STRUCTURAL` layers by shape (module docstring)."""
+
+    def __init__(self, share: str = "weights") -> None:
         self.intern = TensorInterner()
+        self.share = share
         self._const_numbers: dict[Hashable, int] = {}
 
     def const_number(self, key: Hashable) -> int:
@@ -128,7 +157,11 @@ class KeyMaker:
             if any(node in updates(u, verdicts) for u in node.users):
                 return ("get_attr", "written", id(gm), node.target)  # state: its own, whatever its value
             value = fetch_attr(gm, node.target)
-            return ("get_attr", self.intern(value)) if isinstance(value, torch.Tensor) else ("get_attr", id(value))
+            if not isinstance(value, torch.Tensor):
+                return ("get_attr", id(value))
+            if self.share == "structure" and structural(node):
+                return ("get_attr", "structure", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+            return ("get_attr", self.intern(value))
 
         def arg(a: Any) -> Hashable:
             if not isinstance(a, fx.Node):

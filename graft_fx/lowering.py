@@ -4,7 +4,10 @@ A realigned graph runs shared layers on the rows of several fragments, which it 
 into one tensor (``torch.cat`` of narrow views, `rewrite._Emitter.gather`). Some of those
 patterns have a fused kernel in `graft_fx.kernels`: a gather that feeds only a shared
 ``aten.linear`` becomes ``graft::gather_linear``, which reads each fragment's rows straight from
-its own tensor, with the activation that follows fused in when the linear feeds only that.
+its own tensor; the per-segment linears of a layer whose fragments' weights differ
+(``share="structure"``), joined by one ``torch.cat``, become one ``graft::segment_matmul`` over
+their weights stacked; in both the relu or exact gelu that follows is fused in when it is the
+only user.
 
 Every rule is data (`Rule`, `RULES`, in the style of the separability table): the op a match
 ends in, a matcher that reads the nodes around it and returns the kernel op's arguments, and
@@ -23,6 +26,7 @@ to be faster (launch-bound small layers stay on the library ops).
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from .capture import fetch_attr
 from .errors import GraftError
 
 aten = torch.ops.aten
@@ -49,14 +54,15 @@ _ACTIVATIONS = {aten.relu.default: "relu", aten.gelu.default: "gelu"}  # fused w
 
 @dataclass(frozen=True)
 class Match:
-    """What a rule found: the kernel op's ``args`` and ``kwargs``, the node whose value the op's
-    result replaces (``last``), and the nodes the rewrite makes dead."""
+    """What a rule found: the node whose value the kernel op replaces (``last``), the nodes the
+    rewrite makes dead (producers first), one layer's weight (for the "auto" threshold and
+    device), and ``build(context)``, which adds what the op's arguments need to the graph (before
+    the anchor) and returns ``(args, kwargs)``; it runs only when the rewrite is made."""
 
-    args: tuple
-    kwargs: dict
     last: fx.Node
     dead: tuple[fx.Node, ...]
-    weight: torch.Tensor  # the fake weight, for the "auto" threshold and device
+    weight: torch.Tensor
+    build: Callable[[_Context], tuple[tuple, dict]]
 
 
 @dataclass(frozen=True)
@@ -71,31 +77,126 @@ class Rule:
     op: Callable[[], Any]
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What building a rewrite's arguments may use: the graph module, and the stacked weights
+    made so far (by the weights' identities: a RealignedModule's graphs share one stack)."""
+
+    gm: fx.GraphModule
+    stacks: dict
+
+
 def _val(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def _is_cat(node: Any) -> bool:
+    """A row concatenation: ``torch.cat(parts, 0)`` (the realigned graph's gathers and joins)."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or node.target not in (torch.cat, aten.cat.default):
+        return False
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim == 0 and isinstance(node.args[0], (list, tuple))
+
+
+def _activation(node: fx.Node) -> tuple[fx.Node, str]:
+    """The relu or exact gelu that is ``node``'s only user, to fuse (and its name), else
+    ``(node, "none")``."""
+    if len(node.users) == 1:
+        (user,) = node.users
+        act = _ACTIVATIONS.get(user.target)
+        if act is not None and len(user.args) == 1 and user.kwargs.get("approximate", "none") == "none":
+            return user, act
+    return node, "none"
 
 
 def _gathered_linear(node: fx.Node) -> Match | None:
     """``linear(cat(xs, 0), w, b)`` with the cat used only here and 2-D rows: the kernel reads
     each ``x`` in place. A relu or exact gelu that is the linear's only user is fused in."""
     x, w, b = (list(node.args) + [None])[:3]
-    if node.kwargs or not isinstance(x, fx.Node) or x.op != "call_function":
+    if node.kwargs or not _is_cat(x) or len(x.users) != 1:
         return None
-    if x.target not in (torch.cat, aten.cat.default) or len(x.users) != 1:
+    xs, weight = list(x.args[0]), _val(w)
+    if weight is None or weight.dim() != 2 or any(_val(p) is None or _val(p).dim() != 2 for p in xs):
         return None
-    dim = x.args[1] if len(x.args) > 1 else x.kwargs.get("dim", 0)
-    xs, weight = x.args[0], _val(w)
-    if dim != 0 or not isinstance(xs, (list, tuple)) or weight is None or weight.dim() != 2:
+    last, activation = _activation(node)
+    dead = (x, node) if last is node else (x, node, last)
+    return Match(last, dead, weight, lambda context: ((xs, w, b), {"activation": activation}))
+
+
+def _segment_linears(node: fx.Node) -> Match | None:
+    """``cat([linear(x_i, w_i, b_i) for each segment], 0)``, the per-segment form of a linear
+    whose fragments' weights differ (``rewrite.py``), each linear used only by the cat, with 2-D
+    rows, weights of one shape and biases on all or none: one ``segment_matmul`` over the rows
+    (gathered once) and the stacked weights. A relu or exact gelu after the cat is fused in."""
+    if not _is_cat(node) or len(node.args[0]) < 2:
         return None
-    if any(_val(part) is None or _val(part).dim() != 2 for part in xs):
+    parts = list(node.args[0])
+    if any(not isinstance(p, fx.Node) or p.target is not aten.linear.default or p.kwargs or len(p.users) != 1
+           for p in parts):
         return None
-    last, activation, dead = node, "none", (x, node)
-    if len(node.users) == 1:
-        (user,) = node.users
-        act = _ACTIVATIONS.get(user.target)
-        if act is not None and len(user.args) == 1 and user.kwargs.get("approximate", "none") == "none":
-            last, activation, dead = user, act, (x, node, user)
-    return Match((list(xs), w, b), {"activation": activation}, last, dead, weight)
+    xs = [p.args[0] for p in parts]
+    weights = [p.args[1] for p in parts]
+    biases = [p.args[2] if len(p.args) > 2 else None for p in parts]
+    if any(w.op != "get_attr" for w in weights) or len({b is None for b in biases}) != 1:
+        return None
+    if biases[0] is not None and any(b.op != "get_attr" for b in biases):
+        return None
+    vals = [_val(w) for w in weights]
+    if any(v is None or v.dim() != 2 or v.shape != vals[0].shape for v in vals):
+        return None
+    if any(_val(x) is None or _val(x).dim() != 2 for x in xs):
+        return None
+    last, activation = _activation(node)
+    dead = (*parts, node) if last is node else (*parts, node, last)
+
+    def build(context: _Context) -> tuple[tuple, dict]:
+        graph = context.gm.graph
+        rows = _whole(xs) or graph.call_function(torch.cat, (xs, 0))
+        sizes = [graph.call_method("size", (x, 0)) for x in xs]
+        # [G, N, K] stacked, read as [G, K, N] through a transposed view: no copy beyond the stack
+        weight = _stacked(context, weights, lambda ts: torch.stack(ts).transpose(1, 2))
+        bias = None if biases[0] is None else _stacked(context, biases, torch.stack)
+        return (rows, weight, sizes, bias), {"activation": activation}
+
+    return Match(last, dead, vals[0], build)
+
+
+def _whole(xs: list[fx.Node]) -> fx.Node | None:
+    """The tensor that ``xs`` cut into consecutive pieces along dim 0 from its first row to its
+    last (``narrow(t, 0, 0, n_0)``, ``narrow(t, 0, n_0, n_1)``, ``narrow(t, 0, n_0 + n_1, n_2)``,
+    ... as the realigned graph slices a class's rows), or None. The chain of starts is checked
+    node by node; that it reaches the last row is checked on the fake example, whose every
+    fragment has rows, so a chain that covers it there covers every fragment of the tensor."""
+    if any(x.op != "call_method" or x.target != "narrow" or len(x.args) != 4 or x.args[1] != 0 for x in xs):
+        return None
+    whole = xs[0].args[0]
+    if xs[0].args[2] != 0 or any(x.args[0] is not whole for x in xs):
+        return None
+    for i in range(1, len(xs)):
+        start, before = xs[i].args[2], xs[i - 1]
+        chained = start is before.args[3] if i == 1 else (
+            isinstance(start, fx.Node) and start.target is operator.add and start.args == (before.args[2], before.args[3]))
+        if not chained:
+            return None
+    total, rows = _val(whole), [_val(x) for x in xs]
+    if total is None or any(r is None for r in rows) or total.shape[0] != sum(r.shape[0] for r in rows):
+        return None
+    return whole
+
+
+def _stacked(context: _Context, nodes: list[fx.Node], stack: Callable[[list[torch.Tensor]], torch.Tensor]) -> fx.Node:
+    """A ``get_attr`` of the weights of ``nodes`` stacked (made once per set of weights)."""
+    gm = context.gm
+    tensors = [fetch_attr(gm, n.target) for n in nodes]
+    key = tuple(id(t) for t in tensors)
+    if key not in context.stacks:
+        with torch.no_grad():
+            context.stacks[key] = (stack([t.detach() for t in tensors]), tensors)  # keep the ids alive
+    name, k = "stacked_weights", 0
+    while hasattr(gm, f"{name}_{k}"):
+        k += 1
+    gm.register_buffer(f"{name}_{k}", context.stacks[key][0], persistent=False)
+    return gm.graph.get_attr(f"{name}_{k}")
 
 
 def _gather_linear_op() -> Any:
@@ -104,24 +205,33 @@ def _gather_linear_op() -> Any:
     return torch.ops.graft.gather_linear.default
 
 
+def _segment_matmul_op() -> Any:
+    from .kernels import segment_matmul  # noqa: F401 - registers graft::segment_matmul
+
+    return torch.ops.graft.segment_matmul.default
+
+
 RULES: tuple[Rule, ...] = (
+    # per-segment linears first: their segments' own gathers would otherwise become gather_linear
+    Rule("segment_matmul", torch.cat, _segment_linears, _segment_matmul_op),
     Rule("gather_linear", aten.linear.default, _gathered_linear, _gather_linear_op),
 )
 
 
 def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "auto",
-          rules: Sequence[Rule] = RULES) -> fx.GraphModule:
+          rules: Sequence[Rule] = RULES, stacks: dict | None = None) -> fx.GraphModule:
     """Rewrite the matches of ``rules`` in ``gm`` into kernel ops, in place; returns ``gm``.
 
     ``example_inputs``: the graph's inputs (tensors, or None for an absent fragment's), whose
     shapes and dtypes stand for any batch size; they are only faked. ``kernels``: see the module
-    docstring. Raises GraftError for an unknown ``kernels``.
+    docstring. ``stacks``: stacked weights to reuse across graphs of one module (filled here).
+    Rules apply in order, each over the whole graph. Raises GraftError for an unknown ``kernels``.
     """
     if kernels not in KERNELS:
         raise GraftError(f"kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
     if kernels == "torch" or (kernels == "auto" and not _on_cuda(example_inputs)):
         return gm
-    anchors = {r.anchor: r for r in rules}
+    anchors = {r.anchor for r in rules}
     if not any(n.op == "call_function" and n.target in anchors for n in gm.graph.nodes):
         return gm
     try:  # weights stay real (get_attr): the mode fakes them as it meets them
@@ -130,21 +240,25 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
         warnings.warn(f"graph not lowered to graft's kernels: fake propagation failed ({type(e).__name__}: {e})",
                       RuntimeWarning, stacklevel=2)
         return gm
-    changed = False
-    for node in list(gm.graph.nodes):
-        rule = anchors.get(node.target) if node.op == "call_function" else None
-        match = rule.match(node) if rule is not None else None
-        if match is None or not _worth(match, kernels):
-            continue
-        with gm.graph.inserting_after(match.last):
-            fused = gm.graph.call_function(rule.op(), match.args, match.kwargs)
-        fused.meta.update(match.last.meta)
-        match.last.replace_all_uses_with(fused)
-        for dead in reversed(match.dead):
-            gm.graph.erase_node(dead)
-        counters["graft"][rule.name] += 1
-        changed = True
-    if changed:
+    context = _Context(gm, {} if stacks is None else stacks)
+    erased: set[fx.Node] = set()
+    for rule in rules:
+        for node in list(gm.graph.nodes):
+            if node in erased or node.op != "call_function" or node.target is not rule.anchor:
+                continue
+            match = rule.match(node)
+            if match is None or not _worth(match, kernels):
+                continue
+            with gm.graph.inserting_before(node):
+                args, kwargs = match.build(context)
+                fused = gm.graph.call_function(rule.op(), args, kwargs)
+            fused.meta.update(match.last.meta)
+            match.last.replace_all_uses_with(fused)
+            for dead in reversed(match.dead):
+                gm.graph.erase_node(dead)
+            erased.update(match.dead)
+            counters["graft"][rule.name] += 1
+    if erased:
         gm.graph.lint()
         gm.recompile()
     return gm

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .align import Declined, NodeClass, components
+import torch.fx as fx
+
+from .align import Declined, NodeClass, components, flat_args
 from .analysis import Analysis
-from .capture import layer_name
+from .capture import fetch_attr, layer_name
+from .keys import same_values
 from .separable import Role
 
 
@@ -17,6 +20,7 @@ class Segment:
     fragments: tuple[int, ...]
     num_nodes: int
     flops_per_row: int
+    by_structure: int = 0  # of its nodes, those whose fragments' weights differ (share="structure")
 
     @property
     def batched(self) -> bool:
@@ -51,11 +55,13 @@ class Plan:
         lines = [
             f"realigned {self.num_fragments} fragments into {len(self.segments)} segments; "
             f"{100 * self.batched_flops_fraction:.1f}% of FLOPs run batched",
-            f"{'segment':>7}  {'fragments':<24} {'nodes':>5}  {'MFLOP/row':>10}",
+            f"{'segment':>7}  {'fragments':<24} {'nodes':>5}  {'MFLOP/row':>10}"
+            + ("  weights differ in" if any(s.by_structure for s in self.segments) else ""),
         ]
         for i, s in enumerate(self.segments):
             frags = ",".join(map(str, s.fragments))
-            lines.append(f"{i:>7}  {frags:<24} {s.num_nodes:>5}  {s.flops_per_row / 1e6:>10.2f}")
+            lines.append(f"{i:>7}  {frags:<24} {s.num_nodes:>5}  {s.flops_per_row / 1e6:>10.2f}"
+                         + (f"  {s.by_structure} node{'s' * (s.by_structure != 1)}" if s.by_structure else ""))
         if self.unshared:
             lines.append(f"not shared ({len(self.unshared)} nodes):")
             lines += [f"  fragment {u.fragment}: {u.node}: {u.reason}" for u in self.unshared]
@@ -65,6 +71,17 @@ class Plan:
         return "\n".join(lines)
 
 
+def _weights_differ(analyses: list[Analysis], c: NodeClass) -> bool:
+    """Whether the members of class ``c`` read weights that differ (a class keyed by structure)."""
+    f0, rep = c.members[0]
+    for i, a in enumerate(flat_args(rep)):
+        if isinstance(a, fx.Node) and a.op == "get_attr" and analyses[f0].verdicts[a].role is Role.CONST:
+            tensors = [fetch_attr(analyses[f].gm, flat_args(n)[i].target) for f, n in c.members]
+            if any(t is not tensors[0] and not same_values(t, tensors[0]) for t in tensors):
+                return True
+    return False
+
+
 def make_plan(analyses: list[Analysis], classes: list[NodeClass], declined: list[Declined] = ()) -> Plan:
     """Segments are the components of non-constant classes; inputs join a fragment's first nodes."""
     segments = []
@@ -72,7 +89,8 @@ def make_plan(analyses: list[Analysis], classes: list[NodeClass], declined: list
         running = [c for c in group if c.role is not Role.INPUT]
         if running:
             flops = sum(analyses[f].facts[n].flops_per_row for c in running for f, n in c.members[:1])
-            segments.append(Segment(running[0].fragments, len(running), flops))
+            differ = sum(_weights_differ(analyses, c) for c in running if c.shared)
+            segments.append(Segment(running[0].fragments, len(running), flops, differ))
     unshared = tuple(
         Unshared(f, layer_name(n), v.reason)
         for f, a in enumerate(analyses) for n, v in a.verdicts.items()

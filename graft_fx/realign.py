@@ -21,6 +21,7 @@ from .align import FLOPS_PER_COPIED_BYTE, NodeClass, align
 from .analysis import Analysis, analyze
 from .capture import InputSpec, fetch_attr
 from .errors import GraftError
+from .keys import SHARES
 from .lowering import KERNELS, lower
 from .plan import Plan, make_plan
 from .rewrite import emit
@@ -45,6 +46,7 @@ class RealignedModule(nn.Module):
         self.kernels = kernels
         self._class_of = {m: c for c in classes for m in c.members}
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
+        self._stacks: dict = {}  # weights stacked for segment_matmul, shared by the graphs
         self.graph_module = self.graph_for(frozenset(range(len(analyses))))
 
     @property
@@ -73,7 +75,7 @@ class RealignedModule(nn.Module):
         """The realigned graph specialized to the fragments in ``present``, lowered."""
         if present not in self._graphs:
             gm = emit(self._analyses, self._classes, present)
-            self._graphs[present] = lower(gm, self._examples(present), self.kernels)
+            self._graphs[present] = lower(gm, self._examples(present), self.kernels, stacks=self._stacks)
         return self._graphs[present]
 
     def _examples(self, present: frozenset[int]) -> list[torch.Tensor | None]:
@@ -177,7 +179,7 @@ def _check_state(analyses: list[Analysis]) -> None:
 
 def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None, *,
             verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
-            kernels: str = "auto") -> RealignedModule:
+            kernels: str = "auto", share: str = "weights") -> RealignedModule:
     """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
 
     ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms, each captured with
@@ -194,7 +196,10 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     chooses where the graphs call graft's fused kernel ops (``lowering.py``): ``"auto"`` where
     they are expected to be faster (CUDA with Triton, large enough layers), ``"triton"``
     wherever a pattern matches (the ops run their torch references where Triton cannot run),
-    ``"torch"`` never. Raises GraftError
+    ``"torch"`` never. ``share="structure"`` also batches layers whose structure matches while
+    their weights differ (fine-tuned copies of one model: ``keys.STRUCTURAL``), each fragment's
+    rows with its own weights; the default ``"weights"`` shares a layer only where the weights
+    are equal too. Raises GraftError
     (TraceError) for fragments that cannot be captured or served: see ``capture`` and the messages.
     """
     if isinstance(fragments, (torch.nn.Module, torch.export.ExportedProgram)) or not hasattr(fragments, "__iter__"):
@@ -203,6 +208,8 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     fragments = list(fragments)
     if not fragments:
         raise GraftError("realign() needs at least one fragment; got an empty list")
+    if share not in SHARES:
+        raise GraftError(f"share={share!r}: expected one of {', '.join(SHARES)}")
     examples = list(example_inputs) if example_inputs is not None else [None] * len(fragments)
     if len(examples) != len(fragments):
         raise GraftError(f"realign() got {len(fragments)} fragments but {len(examples)} example inputs")
@@ -212,7 +219,7 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ]
     _check_uniform(analyses)
     _check_state(analyses)
-    classes, declined = align(analyses, min_flops_per_byte)
+    classes, declined = align(analyses, min_flops_per_byte, share)
     rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined), kernels)
     if verify:
         _verify(rm)

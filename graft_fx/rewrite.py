@@ -15,6 +15,14 @@ consuming node's row group (``symbolic.materialize``), so a size read in one row
 used in another. Graphs are built for a set of present fragments, so absent fragments cost
 nothing. Export's runtime checks are not emitted: the realigned module checks its inputs itself.
 In-place writes back to inputs and buffers run last, after every read of the old values.
+
+**Weights that differ** (``share="structure"``, ``keys.STRUCTURAL``): a constant class whose
+members hold different tensors gets one ``get_attr`` per member, and every node reads its own
+fragment's. A shared class that reads such weights runs *per segment*: once per run of adjacent
+fragments whose weights agree, each on the rows of its run, with the run's weights, and the runs'
+results are joined along the rows; the lowering turns a join of per-segment linears into one
+``graft::segment_matmul``. Written in plain torch ops, the per-segment form is exact whatever the
+layer, and the kernels stay a rewrite of it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.utils._pytree as pytree
 from .align import NodeClass, flat_args
 from .analysis import Analysis
 from .capture import fetch_attr
+from .keys import same_values
 from .rows import Layout, cat_rows, take_rows
 from .separable import Role
 from .symbolic import materialize
@@ -47,6 +56,8 @@ class _Emitter:
         self.root = nn.Module()
         self.attr_names: dict[int, str] = {}
         self.value: dict[int, fx.Node] = {}
+        self.own: dict[tuple[int, fx.Node], fx.Node] = {}  # (fragment, weight) -> its get_attr, where they differ
+        self.segmented = 0  # shared classes run per segment
         self.class_of = {m: c for c in classes for m in c.members}
         self.batch: dict[int, fx.Node] = {}
         self.prefix_rows: dict[tuple[int, ...], Any] = {}
@@ -145,10 +156,29 @@ class _Emitter:
         role = self.analyses[f0].verdicts[rep_arg].role
         if role is Role.FOLDED:
             return self.size(f0, rep_arg, self.group(c))
-        pieces = [(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in members]
         if role is Role.CONST:
-            return self.value[pieces[0][1].index]
-        return self.gather(pieces)
+            return self.const(f0, self.flat_args(members[0][1])[position])
+        return self.gather([(f, self.class_of[(f, self.flat_args(node)[position])]) for f, node in members])
+
+    def const(self, f: int, node: fx.Node) -> fx.Node:
+        """The value of fragment ``f``'s constant ``node``: its class's, or its own where the
+        class's members differ."""
+        own = self.own.get((f, node))
+        return own if own is not None else self.value[self.class_of[(f, node)].index]
+
+    def runs(self, c: NodeClass) -> list[tuple[int, ...]]:
+        """The present fragments of a shared class, split into runs of adjacent fragments that
+        read the same constants; one run when they all do."""
+        members = self.present_members(c)
+        consts = [tuple(self.const(f, a) for a in self.flat_args(n) if isinstance(a, fx.Node)
+                        and self.analyses[f].verdicts[a].role is Role.CONST) for f, n in members]
+        runs: list[list[int]] = []
+        for i, (f, _) in enumerate(members):
+            if runs and consts[i] == consts[i - 1]:
+                runs[-1].append(f)
+            else:
+                runs.append([f])
+        return [tuple(r) for r in runs]
 
     def flat_args(self, node: fx.Node) -> list:
         if node not in self.flat:
@@ -178,13 +208,61 @@ class _Emitter:
             self.value[c.index] = self.inputs[(f0, rep)]
             return
         if rep.op == "get_attr":
-            target = self.attribute(fetch_attr(self.analyses[f0].gm, rep.target), rep.target)
-            self.value[c.index] = self.graph.get_attr(target)
+            self.emit_weights(members)
+            return
+        if c.shared and len(runs := self.runs(c)) > 1:
+            self.emit_segments(c, runs)
             return
         leaves, spec = pytree.tree_flatten((rep.args, rep.kwargs))
         args, kwargs = pytree.tree_unflatten([self.argument(c, i, a) for i, a in enumerate(leaves)], spec)
         name = rep.name if c.shared or c.role is Role.CONST else f"f{f0}_{rep.name}"
         self.value[c.index] = self.graph.create_node(rep.op, rep.target, tuple(args), dict(kwargs), name=name)
+
+    def emit_weights(self, members: list[tuple[int, fx.Node]]) -> None:
+        """A constant class: one ``get_attr`` when its members' tensors are equal, else one per
+        distinct tensor, each member reading its own (a class keyed by structure)."""
+        tensors = [fetch_attr(self.analyses[f].gm, n.target) for f, n in members]
+        first = tensors[0]
+        if all(t is first or (isinstance(t, torch.Tensor) and same_values(t, first)) for t in tensors):
+            f0, rep = members[0]
+            self.value[self.class_of[(f0, rep)].index] = self.graph.get_attr(self.attribute(first, rep.target))
+            return
+        made: list[tuple[torch.Tensor, fx.Node]] = []  # one get_attr per distinct value
+        for (f, n), t in zip(members, tensors):
+            node = next((g for u, g in made if u is t or same_values(u, t)), None)
+            if node is None:
+                node = self.graph.get_attr(self.attribute(t, f"f{f}_{n.target}"))
+                made.append((t, node))
+            self.own[(f, n)] = node
+
+    def emit_segments(self, c: NodeClass, runs: list[tuple[int, ...]]) -> None:
+        """A shared class whose fragments' weights differ: its node once per run (`runs`), on the
+        run's rows, with the run's weights; the results joined along the class's rows."""
+        members = dict(self.present_members(c))
+        f0, rep = self.present_members(c)[0]
+        leaves, spec = pytree.tree_flatten((rep.args, rep.kwargs))
+        parts = []
+        for run in runs:
+            head = members[run[0]]
+            values = []
+            for i, a in enumerate(leaves):
+                role = self.analyses[f0].verdicts[a].role if isinstance(a, fx.Node) else None
+                if role is None:
+                    values.append(a)
+                elif role is Role.FOLDED:
+                    values.append(self.size(run[0], self.flat_args(head)[i], run))
+                elif role is Role.CONST:
+                    values.append(self.const(run[0], self.flat_args(head)[i]))
+                else:
+                    values.append(self.gather([(f, self.class_of[(f, self.flat_args(members[f])[i])]) for f in run]))
+            args, kwargs = pytree.tree_unflatten(values, spec)
+            parts.append(self.graph.create_node(rep.op, rep.target, tuple(args), dict(kwargs),
+                                                name=f"{rep.name}_f{'_'.join(map(str, run))}"))
+        layout = self.layout(c)
+        self.value[c.index] = (self.graph.call_function(torch.cat, (parts, layout.dim))
+                               if isinstance(layout, Layout) and layout.outer == 1
+                               else self.graph.call_function(cat_rows, (layout, *parts)))
+        self.segmented += 1
 
     def output_leaf(self, f: int, leaf: Any) -> Any:
         if not isinstance(leaf, fx.Node):
@@ -194,7 +272,7 @@ class _Emitter:
             return self.size(f, leaf, (f,))
         source = self.class_of[(f, leaf)]
         if source.role is Role.CONST:
-            return self.value[source.index]
+            return self.const(f, leaf)
         return self.slice_rows(source, [f])
 
     def finish(self) -> fx.GraphModule:
@@ -207,6 +285,7 @@ class _Emitter:
         self.graph.lint()
         gm = fx.GraphModule(self.root, self.graph, class_name="RealignedGraph")
         gm.meta["graft_values"] = {i: node.name for i, node in self.value.items()}
+        gm.meta["graft_segmented"] = self.segmented
         return gm
 
 
