@@ -2,12 +2,15 @@
 
 A realigned graph runs shared layers on the rows of several fragments, which it first gathers
 into one tensor (``torch.cat`` of narrow views, `rewrite._Emitter.gather`). Some of those
-patterns have a fused kernel in `graft_fx.kernels`: a gather that feeds only a shared
-``aten.linear`` becomes ``graft::gather_linear``, which reads each fragment's rows straight from
-its own tensor; the per-segment linears of a layer whose fragments' weights differ
-(``share="structure"``), joined by one ``torch.cat``, become one ``graft::segment_matmul`` over
-their weights stacked; in both the relu or exact gelu that follows is fused in when it is the
-only user.
+patterns have a fused kernel in `graft_fx.kernels`, one rule each, applied in this order:
+
+- the per-segment linears of a layer whose fragments' weights differ (``share="structure"``),
+  joined by one ``torch.cat``, become one ``graft::segment_matmul`` over their weights stacked;
+- a gather that feeds only a shared ``aten.linear`` becomes ``graft::gather_linear``, which
+  reads each fragment's rows straight from its own tensor;
+- in both, a relu or exact gelu that is the only user is fused into the kernel's epilogue;
+- a gather left over becomes ``graft::gather``, one launch for every part (under
+  ``kernels="triton"`` only, until a GPU shows where it beats ``torch.cat``).
 
 Every rule is data (`Rule`, `RULES`, in the style of the separability table): the op a match
 ends in, a matcher that reads the nodes around it and returns the kernel op's arguments, and
@@ -57,11 +60,13 @@ class Match:
     """What a rule found: the node whose value the kernel op replaces (``last``), the nodes the
     rewrite makes dead (producers first), one layer's weight (for the "auto" threshold and
     device), and ``build(context)``, which adds what the op's arguments need to the graph (before
-    the anchor) and returns ``(args, kwargs)``; it runs only when the rewrite is made."""
+    the anchor) and returns ``(args, kwargs)``; it runs only when the rewrite is made. A match
+    without a weight (a plain gather) is never lowered by "auto": it has not been measured to beat
+    the library op."""
 
     last: fx.Node
     dead: tuple[fx.Node, ...]
-    weight: torch.Tensor
+    weight: torch.Tensor | None
     build: Callable[[_Context], tuple[tuple, dict]]
 
 
@@ -184,6 +189,15 @@ def _whole(xs: list[fx.Node]) -> fx.Node | None:
     return whole
 
 
+def _gather(node: fx.Node) -> Match | None:
+    """A row concatenation left after the rules before (a junction where fragments meet):
+    ``graft::gather`` writes every part into one buffer in one launch."""
+    if not _is_cat(node) or len(node.args[0]) < 2 or any(_val(p) is None for p in node.args[0]):
+        return None
+    parts = list(node.args[0])
+    return Match(node, (node,), None, lambda context: ((parts,), {}))
+
+
 def _stacked(context: _Context, nodes: list[fx.Node], stack: Callable[[list[torch.Tensor]], torch.Tensor]) -> fx.Node:
     """A ``get_attr`` of the weights of ``nodes`` stacked (made once per set of weights)."""
     gm = context.gm
@@ -205,6 +219,12 @@ def _gather_linear_op() -> Any:
     return torch.ops.graft.gather_linear.default
 
 
+def _gather_op() -> Any:
+    from .kernels import gather  # noqa: F401 - registers graft::gather
+
+    return torch.ops.graft.gather.default
+
+
 def _segment_matmul_op() -> Any:
     from .kernels import segment_matmul  # noqa: F401 - registers graft::segment_matmul
 
@@ -215,6 +235,7 @@ RULES: tuple[Rule, ...] = (
     # per-segment linears first: their segments' own gathers would otherwise become gather_linear
     Rule("segment_matmul", torch.cat, _segment_linears, _segment_matmul_op),
     Rule("gather_linear", aten.linear.default, _gathered_linear, _gather_linear_op),
+    Rule("gather", torch.cat, _gather, _gather_op),  # last: the joins the rules before did not take
 )
 
 
@@ -278,4 +299,5 @@ def _worth(match: Match, kernels: str) -> bool:
         return True
     from .kernels.dispatch import HAS_TRITON
 
-    return HAS_TRITON and match.weight.device.type == "cuda" and match.weight.numel() >= MIN_WEIGHT_ELEMENTS
+    weight = match.weight
+    return HAS_TRITON and weight is not None and weight.device.type == "cuda" and weight.numel() >= MIN_WEIGHT_ELEMENTS

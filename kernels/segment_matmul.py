@@ -144,7 +144,12 @@ def _check(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], bias: torch.
 def segment_matmul_reference(x: torch.Tensor, weight: torch.Tensor, sizes: list[int],
                              bias: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
     """The op in plain torch: one ``addmm`` (or ``mm``) per segment, the outputs concatenated,
-    then the activation. Runs wherever Triton cannot."""
+    then the activation; segments of equal, non-zero size run as one ``baddbmm`` (``bmm``).
+    Runs wherever Triton cannot."""
+    if len(set(sizes)) == 1 and sizes[0] > 0:
+        stacked = x.reshape(len(sizes), sizes[0], x.shape[1])
+        out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias[:, None, :], stacked, weight)
+        return activate(out.reshape(x.shape[0], weight.shape[2]), activation)
     outs, start = [], 0
     for g, rows in enumerate(sizes):
         x_g = x[start:start + rows]

@@ -109,3 +109,15 @@ def test_resnet18_tails_meeting_at_the_classifier():
     assert counters["graft"]["gather_linear"] >= 1 and kernel_calls(rm)
     for sizes in ((2, 1), (1, 0), (0, 1)):
         assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+def test_a_junction_feeding_a_convolution_becomes_one_gather(fresh_counters):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
+    example = torch.randn(2, 3, 8, 8)
+    parts = [graft_fx.split(model, c, example)[1] for c in ("conv2d", "relu")]
+    rm = graft_fx.realign(parts, kernels="triton", min_flops_per_byte=0)
+    assert [str(n.target) for n in kernel_calls(rm)] == ["graft.gather.default"]
+    assert fresh_counters["graft"]["gather"] == 1
+    for sizes in ((2, 1), (0, 1), (1, None)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
