@@ -893,13 +893,27 @@ def _impure(node: fx.Node) -> bool:
     return bool(schema is not None and schema.is_mutable)
 
 
+RANDOM_ONLY_IF = {
+    **{name: (2, "train", None, lambda train: train is not False) for name in DROPOUTS},
+    "scaled_dot_product_attention": (4, "dropout_p", 0.0, lambda p: p != 0),
+}
+"""Ops tagged ``nondeterministic_seeded`` that draw random numbers only for some values of one
+argument: op name -> (position, keyword, default, whether that value draws). Dropout with
+``train=False`` is the identity; attention with ``dropout_p=0`` (every eval-mode transformer)
+draws nothing."""
+
+
 def draws_random(node: fx.Node) -> bool:
-    """Whether the op draws from the random stream (ATen's ``nondeterministic_seeded`` tag), but
-    not dropout with ``train=False``, which is the identity."""
+    """Whether the op draws from the random stream: ATen's ``nondeterministic_seeded`` tag, unless
+    `RANDOM_ONLY_IF` says its arguments draw nothing."""
     if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
         return False
-    train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
-    return not (op_name(node) in DROPOUTS and train is False)
+    rule = RANDOM_ONLY_IF.get(op_name(node))
+    if rule is None:
+        return True
+    position, keyword, default, draws = rule
+    value = node.args[position] if len(node.args) > position else node.kwargs.get(keyword, default)
+    return isinstance(value, fx.Node) or draws(value)
 
 
 def roles(gm: fx.GraphModule, facts: dict[fx.Node, Facts]) -> dict[fx.Node, Verdict]:

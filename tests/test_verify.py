@@ -63,3 +63,26 @@ def test_random_rows_match_the_spec():
     spec = graft_fx.InputSpec((3, 2), torch.int64)
     rows = random_rows(spec, 4, torch.Generator().manual_seed(0))
     assert rows.shape == (4, 3, 2) and rows.dtype == torch.int64 and rows.min() >= 0
+
+
+class Attends(nn.Module):
+    """Self-attention through SDPA, whose ATen op is tagged as drawing random numbers."""
+
+    def __init__(self, dropout_p: float = 0.0):
+        super().__init__()
+        self.fc, self.dropout_p = nn.Linear(4, 4), dropout_p
+
+    def forward(self, x):
+        q = self.fc(x)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=self.dropout_p).flip(0)
+
+
+def test_attention_without_dropout_is_compared_not_skipped(monkeypatch):
+    """Found by review: SDPA's random tag made the guard skip every transformer. With
+    dropout_p=0 it draws nothing, so a wrong rule after it is caught; with dropout it is not
+    compared (and warned about)."""
+    monkeypatch.setitem(separable.RULES, "flip", WRONG)
+    with pytest.raises(graft_fx.GraftError, match="first differing node"):
+        realign_all([Attends(), Attends()], [torch.randn(2, 3, 4)] * 2)
+    with pytest.warns(UserWarning, match="random"):
+        realign_all([Attends(0.5), Attends(0.5)], [torch.randn(2, 3, 4)] * 2)
