@@ -21,7 +21,8 @@ at once; other tensors are bucketed by a cheap fingerprint (shape, dtype, device
 values) and confirmed with an exact ``torch.equal`` before they share a number.
 
 **Structural sharing** (``share="structure"``): a weight whose every use is a weight of a layer in
-`STRUCTURAL` (linear, conv2d, eval-mode batch_norm, layer_norm) is keyed by its shape, dtype and
+`STRUCTURAL` (linear, conv2d, eval-mode batch_norm, layer_norm, and a parameter that scales or
+shifts rows: layer scale, positional embeddings) is keyed by its shape, dtype and
 device instead of its value, so the layers of fine-tuned copies of one model, equal in structure,
 different in weights, fall into one class. The realigned graph runs such a class once per run of
 fragments with equal weights, each on its own rows (``rewrite.py``), and the lowering batches the
@@ -51,6 +52,8 @@ STRUCTURAL = {
     torch.ops.aten.conv2d.default: (1, 2),                 # weight, bias
     torch.ops.aten.batch_norm.default: (1, 2, 3, 4),       # weight, bias, running_mean, running_var
     torch.ops.aten.layer_norm.default: (2, 3),             # weight, bias
+    torch.ops.aten.mul.Tensor: (0, 1),                     # a scale: layer scale (ConvNeXt, CaiT)
+    torch.ops.aten.add.Tensor: (0, 1),                     # a shift: positional embeddings
 }
 """Layers that may share by structure, and the argument positions of their weights."""
 
@@ -129,9 +132,12 @@ def freeze(v: Any) -> Hashable:
         return ("repr", repr(v))
 
 
-def structural(node: fx.Node) -> bool:
-    """Whether every use of ``node`` is as a weight of a `STRUCTURAL` layer."""
+def structural(node: fx.Node, verdicts: dict[fx.Node, Verdict]) -> bool:
+    """Whether every use of ``node`` is as a weight of a `STRUCTURAL` layer that computes on rows
+    (a layer applied to constants alone is itself a constant, which is computed once for all
+    the fragments of its class: its weights must be equal)."""
     return bool(node.users) and all(
+        verdicts[user].role in (Role.SHARED, Role.PRIVATE, Role.PRIVATE_ROWS) and
         any(user.args[i] is node for i in STRUCTURAL.get(user.target, ()) if i < len(user.args)) and
         sum(a is node for a in pytree.tree_leaves((user.args, user.kwargs))) == 1
         for user in node.users)
@@ -159,7 +165,7 @@ class KeyMaker:
             value = fetch_attr(gm, node.target)
             if not isinstance(value, torch.Tensor):
                 return ("get_attr", id(value))
-            if self.share == "structure" and structural(node):
+            if self.share == "structure" and structural(node, verdicts):
                 return ("get_attr", "structure", tuple(value.shape), value.dtype, value.device, value.requires_grad)
             return ("get_attr", self.intern(value))
 

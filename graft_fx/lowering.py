@@ -29,6 +29,7 @@ to be faster (launch-bound small layers stay on the library ops).
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ linear): below it a layer is launch-bound and the library op is as fast. Not mea
 GPU (benchmarks/gpu_check.sh measures the kernels against torch); until then, a floor."""
 
 _ACTIVATIONS = {aten.relu.default: "relu", aten.gelu.default: "gelu"}  # fused when the only user
+_MATMUL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the matmul kernels take
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Match:
     dead: tuple[fx.Node, ...]
     weight: torch.Tensor | None
     build: Callable[[_Context], tuple[tuple, dict]]
+    finish: Callable[[fx.Graph, fx.Node], fx.Node] | None = None  # shapes the op's result, if needed
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,9 @@ def _gathered_linear(node: fx.Node) -> Match | None:
     if node.kwargs or not _is_cat(x) or len(x.users) != 1:
         return None
     xs, weight = list(x.args[0]), _val(w)
-    if weight is None or weight.dim() != 2 or any(_val(p) is None or _val(p).dim() != 2 for p in xs):
+    if weight is None or weight.dim() != 2 or weight.dtype not in _MATMUL_DTYPES:
+        return None
+    if any(_val(p) is None or _val(p).dim() != 2 for p in xs):
         return None
     last, activation = _activation(node)
     dead = (x, node) if last is node else (x, node, last)
@@ -130,9 +135,11 @@ def _gathered_linear(node: fx.Node) -> Match | None:
 
 def _segment_linears(node: fx.Node) -> Match | None:
     """``cat([linear(x_i, w_i, b_i) for each segment], 0)``, the per-segment form of a linear
-    whose fragments' weights differ (``rewrite.py``), each linear used only by the cat, with 2-D
-    rows, weights of one shape and biases on all or none: one ``segment_matmul`` over the rows
-    (gathered once) and the stacked weights. A relu or exact gelu after the cat is fused in."""
+    whose fragments' weights differ (``rewrite.py``), each linear used only by the cat, with
+    weights of one shape and biases on all or none: one ``segment_matmul`` over the rows
+    (gathered once) and the stacked weights. Rows of more than one dim (tokens: ``[m, T, K]``,
+    ``T`` static) are flattened to ``[m T, K]`` for the op and its result shaped back. A relu or
+    exact gelu after the cat is fused in."""
     if not _is_cat(node) or len(node.args[0]) < 2:
         return None
     parts = list(node.args[0])
@@ -147,10 +154,16 @@ def _segment_linears(node: fx.Node) -> Match | None:
     if biases[0] is not None and any(b.op != "get_attr" for b in biases):
         return None
     vals = [_val(w) for w in weights]
-    if any(v is None or v.dim() != 2 or v.shape != vals[0].shape for v in vals):
+    if any(v is None or v.dim() != 2 or v.shape != vals[0].shape or v.dtype not in _MATMUL_DTYPES for v in vals):
         return None
-    if any(_val(x) is None or _val(x).dim() != 2 for x in xs):
+    rows_vals = [_val(x) for x in xs]
+    if any(r is None or r.dim() < 2 for r in rows_vals):
         return None
+    mid = tuple(rows_vals[0].shape[1:-1])
+    if any(not isinstance(d, int) for d in mid) or any(tuple(r.shape[1:-1]) != mid for r in rows_vals):
+        return None
+    tokens = math.prod(mid)
+    n, k = vals[0].shape
     last, activation = _activation(node)
     dead = (*parts, node) if last is node else (*parts, node, last)
 
@@ -158,12 +171,18 @@ def _segment_linears(node: fx.Node) -> Match | None:
         graph = context.gm.graph
         rows = _whole(xs) or graph.call_function(torch.cat, (xs, 0))
         sizes = [graph.call_method("size", (x, 0)) for x in xs]
+        if mid:
+            rows = graph.call_method("reshape", (rows, -1, k))
+            sizes = [graph.call_function(operator.mul, (size, tokens)) for size in sizes]
         # [G, N, K] stacked, read as [G, K, N] through a transposed view: no copy beyond the stack
         weight = _stacked(context, weights, lambda ts: torch.stack(ts).transpose(1, 2))
         bias = None if biases[0] is None else _stacked(context, biases, torch.stack)
         return (rows, weight, sizes, bias), {"activation": activation}
 
-    return Match(last, dead, vals[0], build)
+    def finish(graph: fx.Graph, out: fx.Node) -> fx.Node:
+        return graph.call_method("reshape", (out, -1, *mid, n)) if mid else out
+
+    return Match(last, dead, vals[0], build, finish)
 
 
 def _whole(xs: list[fx.Node]) -> fx.Node | None:
@@ -273,6 +292,8 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
             with gm.graph.inserting_before(node):
                 args, kwargs = match.build(context)
                 fused = gm.graph.call_function(rule.op(), args, kwargs)
+                if match.finish is not None:
+                    fused = match.finish(gm.graph, fused)
             fused.meta.update(match.last.meta)
             match.last.replace_all_uses_with(fused)
             for dead in reversed(match.dead):

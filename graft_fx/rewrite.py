@@ -210,7 +210,7 @@ class _Emitter:
         if rep.op == "get_attr":
             self.emit_weights(members)
             return
-        if c.shared and len(runs := self.runs(c)) > 1:
+        if (c.shared or c.role is Role.CONST) and len(runs := self.runs(c)) > 1:
             self.emit_segments(c, runs)
             return
         leaves, spec = pytree.tree_flatten((rep.args, rep.kwargs))
@@ -237,7 +237,9 @@ class _Emitter:
 
     def emit_segments(self, c: NodeClass, runs: list[tuple[int, ...]]) -> None:
         """A shared class whose fragments' weights differ: its node once per run (`runs`), on the
-        run's rows, with the run's weights; the results joined along the class's rows."""
+        run's rows, with the run's weights; the results joined along the class's rows. A constant
+        class computed from weights that differ (keys prevent it; this keeps it exact anyway):
+        once per run, each member reading its run's value."""
         members = dict(self.present_members(c))
         f0, rep = self.present_members(c)[0]
         leaves, spec = pytree.tree_flatten((rep.args, rep.kwargs))
@@ -258,6 +260,10 @@ class _Emitter:
             args, kwargs = pytree.tree_unflatten(values, spec)
             parts.append(self.graph.create_node(rep.op, rep.target, tuple(args), dict(kwargs),
                                                 name=f"{rep.name}_f{'_'.join(map(str, run))}"))
+            if c.role is Role.CONST:
+                self.own.update({(f, members[f]): parts[-1] for f in run})
+        if c.role is Role.CONST:
+            return
         layout = self.layout(c)
         self.value[c.index] = (self.graph.call_function(torch.cat, (parts, layout.dim))
                                if isinstance(layout, Layout) and layout.outer == 1

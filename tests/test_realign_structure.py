@@ -140,3 +140,75 @@ def test_fine_tuned_torchvision_tails(name, cuts):
     assert any(s.batched and s.by_structure for s in rm.plan.segments), rm.plan
     for sizes in ((1, 2, 1), (0, 1, 0), (1, None, 0)):
         assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+class Projected(nn.Module):
+    """A structural layer applied to a parameter alone (a projected positional table): a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos, self.proj, self.fc = nn.Parameter(torch.randn(4, 8)), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x + self.proj(self.pos))
+
+
+class Pooled(nn.Module):
+    """Attention pooling with a learned query projected from a parameter, then SDPA."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent, self.q, self.kv = nn.Parameter(torch.randn(1, 2, 8)), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        k = self.kv(x)
+        return torch.nn.functional.scaled_dot_product_attention(self.q(self.latent).expand(x.shape[0], -1, -1), k, k)
+
+
+@pytest.mark.parametrize("cls", [Projected, Pooled])
+def test_a_layer_on_constants_with_weights_that_differ_is_computed_per_fragment(cls):
+    """Found by review: the layer on constants was computed from fragment 0's weights for all."""
+    torch.manual_seed(0)
+    a = cls().eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        (b.proj if cls is Projected else b.q).weight.add_(0.1)
+    rm = graft_fx.realign([a, b], [torch.randn(2, 4, 8)] * 2, share="structure", min_flops_per_byte=0)
+    for sizes in ((2, 3), (0, 1), (None, 2)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+def test_dtypes_the_kernels_do_not_take_keep_the_library_ops():
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 6)).double().eval()
+    rm = graft_fx.realign(fine_tuned(model, 2), [torch.randn(2, 12, dtype=torch.float64)] * 2, share="structure",
+                          kernels="triton")
+    assert not any("segment_matmul" in str(n.target) for n in rm.graph_module.graph.nodes)
+    assert_equivalent(rm, random_inputs(rm, (2, 1)))
+
+
+class Tokens(nn.Module):
+    """A transformer-style block on tokens: a positional table, a linear on [B, T, C] rows, a
+    layer scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos, self.fc, self.gamma = nn.Parameter(torch.randn(5, 8)), nn.Linear(8, 8), nn.Parameter(torch.ones(8))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.gamma * self.fc(x + self.pos)))
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_token_linears_positional_tables_and_layer_scales_share_by_structure(kernels):
+    torch.manual_seed(0)
+    copies = fine_tuned(Tokens().eval(), 3)
+    counters.clear()
+    rm = graft_fx.realign(copies, [torch.randn(2, 5, 8)] * 3, share="structure", kernels=kernels,
+                          min_flops_per_byte=0)  # a toy: the cost rule would keep it private
+    (segment,) = rm.plan.segments
+    assert segment.by_structure == 4  # the positional add, fc, the layer scale, out
+    if kernels == "triton":
+        assert counters["graft"]["segment_matmul"] == 2
+    for sizes in ((1, 2, 3), (0, 1, 0), (None, 2, None)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
