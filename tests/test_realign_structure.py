@@ -212,3 +212,20 @@ def test_token_linears_positional_tables_and_layer_scales_share_by_structure(ker
         assert counters["graft"]["segment_matmul"] == 2
     for sizes in ((1, 2, 3), (0, 1, 0), (None, 2, None)):
         assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+def test_a_constant_class_whose_weights_differ_is_computed_per_run(monkeypatch):
+    """Defence in depth: were keys to merge a layer on constants across differing weights (the
+    bug review found), the emitter still computes it once per run of equal weights."""
+    import graft_fx.keys as keys
+
+    monkeypatch.setattr(keys, "structural", lambda node, verdicts: bool(node.users) and all(
+        user.target in keys.STRUCTURAL for user in node.users))
+    torch.manual_seed(0)
+    a = Projected().eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.proj.weight.add_(0.1)
+    rm = graft_fx.realign([a, b], [torch.randn(2, 4, 8)] * 2, share="structure", min_flops_per_byte=0)
+    assert any(n.name.startswith("linear_f") for n in rm.graph_module.graph.nodes)  # proj(pos), per run
+    assert_equivalent(rm, random_inputs(rm, (2, 3)))
