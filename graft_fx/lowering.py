@@ -86,12 +86,23 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class _Stack:
+    """Weights stacked for ``segment_matmul`` (``weight``: ``[G, K, N]``, ``bias``: ``[G, N]`` or
+    None), and the identities of the tensors stacked, in order (kept alive in ``tensors``)."""
+
+    ids: tuple[tuple[int, int | None], ...]  # (weight, bias) per segment
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    tensors: tuple
+
+
+@dataclass(frozen=True)
 class _Context:
-    """What building a rewrite's arguments may use: the graph module, and the stacked weights
-    made so far (by the weights' identities: a RealignedModule's graphs share one stack)."""
+    """What building a rewrite's arguments may use: the graph module, and the stacks made so far
+    (shared by the graphs of one RealignedModule: see `_stack_for`)."""
 
     gm: fx.GraphModule
-    stacks: dict
+    stacks: list[_Stack]
 
 
 def _val(node: Any) -> Any:
@@ -174,10 +185,13 @@ def _segment_linears(node: fx.Node) -> Match | None:
         if mid:
             rows = graph.call_method("reshape", (rows, -1, k))
             sizes = [graph.call_function(operator.mul, (size, tokens)) for size in sizes]
-        # [G, N, K] stacked, read as [G, K, N] through a transposed view: no copy beyond the stack
-        weight = _stacked(context, weights, lambda ts: torch.stack(ts).transpose(1, 2))
-        bias = None if biases[0] is None else _stacked(context, biases, torch.stack)
-        return (rows, weight, sizes, bias), {"activation": activation}
+        stack, positions = _stack_for(context, weights, biases)
+        full: list[Any] = [0] * len(stack.ids)  # segments of weights whose fragments are absent: no rows
+        for size, position in zip(sizes, positions):
+            full[position] = size
+        weight = _buffer(context.gm, stack.weight)
+        bias = None if stack.bias is None else _buffer(context.gm, stack.bias)
+        return (rows, weight, full, bias), {"activation": activation}
 
     def finish(graph: fx.Graph, out: fx.Node) -> fx.Node:
         return graph.call_method("reshape", (out, -1, *mid, n)) if mid else out
@@ -217,19 +231,45 @@ def _gather(node: fx.Node) -> Match | None:
     return Match(node, (node,), None, lambda context: ((parts,), {}))
 
 
-def _stacked(context: _Context, nodes: list[fx.Node], stack: Callable[[list[torch.Tensor]], torch.Tensor]) -> fx.Node:
-    """A ``get_attr`` of the weights of ``nodes`` stacked (made once per set of weights)."""
+def _stack_for(context: _Context, weights: list[fx.Node], biases: list[fx.Node | None]) -> tuple[_Stack, list[int]]:
+    """A stack holding these segments' weights and biases in this order, and the position of each
+    in it. The graph of every fragment (built first) stacks each layer's weights for all runs;
+    the graph of a subset reuses that stack, its absent runs getting segments of 0 rows, so a
+    module holds one stacked copy per layer, not one per set of present fragments."""
     gm = context.gm
-    tensors = [fetch_attr(gm, n.target) for n in nodes]
-    key = tuple(id(t) for t in tensors)
-    if key not in context.stacks:
-        with torch.no_grad():
-            context.stacks[key] = (stack([t.detach() for t in tensors]), tensors)  # keep the ids alive
-    name, k = "stacked_weights", 0
-    while hasattr(gm, f"{name}_{k}"):
+    tensors = [(fetch_attr(gm, w.target), None if b is None else fetch_attr(gm, b.target)) for w, b in zip(weights, biases)]
+    ids = [(id(w), None if b is None else id(b)) for w, b in tensors]
+    for stack in context.stacks:
+        positions = _subsequence(ids, stack.ids)
+        if positions is not None:
+            return stack, positions
+    with torch.no_grad():  # [G, N, K] stacked, read as [G, K, N] through a transposed view
+        weight = torch.stack([w.detach() for w, _ in tensors]).transpose(1, 2)
+        bias = None if biases[0] is None else torch.stack([b.detach() for _, b in tensors])
+    context.stacks.append(_Stack(tuple(ids), weight, bias, tuple(tensors)))
+    return context.stacks[-1], list(range(len(ids)))
+
+
+def _subsequence(short: list, long: tuple) -> list[int] | None:
+    """The positions in ``long`` of ``short``'s items, in order (greedy), or None."""
+    positions, start = [], 0
+    for item in short:
+        try:
+            start = long.index(item, start)
+        except ValueError:
+            return None
+        positions.append(start)
+        start += 1
+    return positions
+
+
+def _buffer(gm: fx.GraphModule, tensor: torch.Tensor) -> fx.Node:
+    """A ``get_attr`` of ``tensor``, registered on ``gm`` as a non-persistent buffer."""
+    k = 0
+    while hasattr(gm, f"stacked_weights_{k}"):
         k += 1
-    gm.register_buffer(f"{name}_{k}", context.stacks[key][0], persistent=False)
-    return gm.graph.get_attr(f"{name}_{k}")
+    gm.register_buffer(f"stacked_weights_{k}", tensor, persistent=False)
+    return gm.graph.get_attr(f"stacked_weights_{k}")
 
 
 def _gather_linear_op() -> Any:
@@ -259,7 +299,7 @@ RULES: tuple[Rule, ...] = (
 
 
 def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "auto",
-          rules: Sequence[Rule] = RULES, stacks: dict | None = None) -> fx.GraphModule:
+          rules: Sequence[Rule] = RULES, stacks: list | None = None) -> fx.GraphModule:
     """Rewrite the matches of ``rules`` in ``gm`` into kernel ops, in place; returns ``gm``.
 
     ``example_inputs``: the graph's inputs (tensors, or None for an absent fragment's), whose
@@ -280,7 +320,7 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
         warnings.warn(f"graph not lowered to graft's kernels: fake propagation failed ({type(e).__name__}: {e})",
                       RuntimeWarning, stacklevel=2)
         return gm
-    context = _Context(gm, {} if stacks is None else stacks)
+    context = _Context(gm, [] if stacks is None else stacks)
     erased: set[fx.Node] = set()
     for rule in rules:
         for node in list(gm.graph.nodes):
@@ -301,6 +341,8 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
             erased.update(match.dead)
             counters["graft"][rule.name] += 1
     if erased:
+        for unused in [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]:
+            gm.graph.erase_node(unused)  # the per-fragment weights the stacks replaced
         gm.graph.lint()
         gm.recompile()
     return gm

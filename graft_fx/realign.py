@@ -46,7 +46,7 @@ class RealignedModule(nn.Module):
         self.kernels = kernels
         self._class_of = {m: c for c in classes for m in c.members}
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
-        self._stacks: dict = {}  # weights stacked for segment_matmul, shared by the graphs
+        self._stacks: list = []  # weights stacked for segment_matmul, shared by the graphs
         self.graph_module = self.graph_for(frozenset(range(len(analyses))))
 
     @property

@@ -152,6 +152,8 @@ def segment_matmul_reference(x: torch.Tensor, weight: torch.Tensor, sizes: list[
         return activate(out.reshape(x.shape[0], weight.shape[2]), activation)
     outs, start = [], 0
     for g, rows in enumerate(sizes):
+        if rows == 0:  # an empty segment adds no rows (a fragment absent from this call)
+            continue
         x_g = x[start:start + rows]
         outs.append(x_g @ weight[g] if bias is None else torch.addmm(bias[g], x_g, weight[g]))
         start += rows

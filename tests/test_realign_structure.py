@@ -229,3 +229,15 @@ def test_a_constant_class_whose_weights_differ_is_computed_per_run(monkeypatch):
     rm = graft_fx.realign([a, b], [torch.randn(2, 4, 8)] * 2, share="structure", min_flops_per_byte=0)
     assert any(n.name.startswith("linear_f") for n in rm.graph_module.graph.nodes)  # proj(pos), per run
     assert_equivalent(rm, random_inputs(rm, (2, 3)))
+
+
+def test_graphs_for_subsets_of_fragments_reuse_one_stack_per_layer():
+    """Found by review: every set of present fragments stacked its own copy of the weights. The
+    graph of all fragments stacks each layer once; every subset reuses it, absent fragments
+    getting segments of 0 rows."""
+    copies = fine_tuned(mlp(), 4)
+    rm = graft_fx.realign(copies, [torch.randn(2, 12)] * 4, share="structure", kernels="triton")
+    stacks = len(rm._stacks)
+    for sizes in ((1, None, 2, None), (None, 3, None, 1), (2, None, None, None), (0, 1, None, 2)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
+    assert len(rm._stacks) == stacks == 3
