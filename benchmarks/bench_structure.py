@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 import graft_fx  # noqa: E402
+from graft_fx.testing import fine_tuned  # noqa: E402
 
 
 def mlp() -> tuple[nn.Module, tuple[int, ...]]:
@@ -58,19 +59,7 @@ def copies(name: str, k: int) -> tuple[list[nn.Module], tuple[int, ...]]:
     """The model and k - 1 copies with every floating parameter and buffer perturbed by 2%."""
     torch.manual_seed(0)
     model, row = MODELS[name]()
-    model.eval()
-    out = [model]
-    for i in range(1, k):
-        m = copy.deepcopy(model)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for n, t in [*m.named_parameters(), *m.named_buffers()]:
-                if t.is_floating_point():
-                    t.add_(0.02 * torch.randn(t.shape, generator=g))
-                    if n.endswith("running_var"):
-                        t.abs_()
-        out.append(m)
-    return out, row
+    return fine_tuned(model.eval(), k), row
 
 
 def vmapped(models: list[nn.Module]):

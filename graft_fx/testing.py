@@ -7,6 +7,8 @@
     assert_close(a, e)           torch.testing.assert_close with slack for batched kernels
     assert_equivalent(rm, args)  ``graft_fx.verify.assert_equivalent``: rm(*args) against each
                                  fragment run alone; raises GraftError naming the fragment and node
+    fine_tuned(model, k)         the model and k - 1 copies with perturbed weights, to test
+                                 ``realign(..., share="structure")``
 
 Typical use::
 
@@ -35,7 +37,27 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides hy
         "(or pip install -e '.[dev]' in a graft_fx checkout)"
     ) from e
 
-__all__ = ["assert_close", "assert_equivalent", "batch_sizes", "calls", "presence", "random_inputs"]
+__all__ = ["assert_close", "assert_equivalent", "batch_sizes", "calls", "fine_tuned", "presence", "random_inputs"]
+
+
+def fine_tuned(model: torch.nn.Module, k: int, scale: float = 0.02) -> list[torch.nn.Module]:
+    """``model`` and ``k - 1`` deep copies (in eval mode) whose every floating parameter and
+    buffer is perturbed by ``scale`` times standard normal noise, seeded by the copy's index
+    (running variances kept positive): stand-ins for per-customer fine-tunes of one model."""
+    import copy
+
+    copies = [model]
+    for i in range(1, k):
+        m = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for name, t in [*m.named_parameters(), *m.named_buffers()]:
+                if t.is_floating_point():
+                    t.add_(scale * torch.randn(t.shape, generator=g).to(t.dtype))
+                    if name.endswith("running_var"):
+                        t.abs_()
+        copies.append(m.eval())
+    return copies
 
 
 def _check_count(n: int) -> None:

@@ -15,23 +15,7 @@ from torch._dynamo.utils import counters
 
 import graft_fx
 from graft_fx import GraftError
-from graft_fx.testing import assert_equivalent, calls, random_inputs
-
-
-def fine_tuned(model: nn.Module, k: int, scale: float = 0.05) -> list[nn.Module]:
-    """``model`` and k - 1 copies whose every parameter and buffer is perturbed differently."""
-    copies = [model]
-    for i in range(1, k):
-        m = copy.deepcopy(model)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, t in [*m.named_parameters(), *m.named_buffers()]:
-                if t.is_floating_point():
-                    t.add_(scale * torch.randn(t.shape, generator=g))
-                    if name.endswith("running_var"):
-                        t.abs_()  # a variance stays positive
-        copies.append(m.eval())
-    return copies
+from graft_fx.testing import assert_equivalent, calls, fine_tuned, random_inputs
 
 
 def mlp() -> nn.Module:
@@ -49,7 +33,7 @@ def cnn() -> nn.Module:
 @functools.cache
 def realigned(kind: str, share: str, kernels: str = "torch"):
     model, rows = (mlp(), (2, 12)) if kind == "mlp" else (cnn(), (2, 3, 10, 10))
-    copies = fine_tuned(model, 3)
+    copies = fine_tuned(model, 3, 0.05)
     return graft_fx.realign(copies, [torch.randn(rows) for _ in copies], share=share, kernels=kernels)
 
 
@@ -135,7 +119,7 @@ def test_fine_tuned_torchvision_tails(name, cuts):
     example = torch.randn(2, 3, 64, 64)
     names = [c.name for c in graft_fx.cut_points(model, example)]
     picked = [c or names[i * len(names) // 4 + 2] for i, c in enumerate(cuts)]
-    tails = [graft_fx.split(m, c, example)[1] for m, c in zip(fine_tuned(model, 3, 0.02), picked)]
+    tails = [graft_fx.split(m, c, example)[1] for m, c in zip(fine_tuned(model, 3), picked)]
     rm = graft_fx.realign(tails, share="structure", kernels="triton")
     assert any(s.batched and s.by_structure for s in rm.plan.segments), rm.plan
     for sizes in ((1, 2, 1), (0, 1, 0), (1, None, 0)):

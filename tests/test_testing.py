@@ -194,3 +194,18 @@ def test_missing_hypothesis_says_how_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "graft_fx.testing")
     with pytest.raises(ImportError, match="pip install hypothesis"):
         importlib.import_module("graft_fx.testing")
+
+
+def test_fine_tuned_copies_differ_in_every_weight_and_keep_their_structure():
+    import torch.nn as nn
+
+    from graft_fx.testing import fine_tuned
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    a, b, c = fine_tuned(model, 3)
+    assert a is model and not b.training and not c.training
+    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert p.shape == q.shape and p.dtype == q.dtype
+        if p.is_floating_point():
+            assert not torch.equal(p, q) and not torch.equal(q, r), name
+    assert (b[1].running_var > 0).all()
