@@ -6,6 +6,9 @@ patterns have a fused kernel in `graft_fx.kernels`, one rule each, applied in th
 
 - the per-segment linears of a layer whose fragments' weights differ (``share="structure"``),
   joined by one ``torch.cat``, become one ``graft::segment_matmul`` over their weights stacked;
+  per-segment eval-mode batch norms become one ``graft::segment_affine`` (each segment's scale
+  and shift from its statistics), per-segment layer norms one ``layer_norm`` without affine
+  parameters and one ``segment_affine``;
 - a gather that feeds only a shared ``aten.linear`` becomes ``graft::gather_linear``, which
   reads each fragment's rows straight from its own tensor;
 - in both, a relu or exact gelu that is the only user is fused into the kernel's epilogue;
@@ -24,7 +27,8 @@ graph on fake tensors (`FakeTensorProp`) of the present fragments' input specs.
 every match (the kernel ops run Triton where it can run, their torch references elsewhere:
 `kernels.dispatch`); ``"auto"``, the default, rewrites a match only on a CUDA device with Triton
 installed and a weight of at least `MIN_WEIGHT_ELEMENTS` elements, where the kernel is expected
-to be faster (launch-bound small layers stay on the library ops).
+to be faster (launch-bound small layers stay on the library ops); matches without such a weight
+(gathers, norms) wait for a GPU measurement.
 """
 
 from __future__ import annotations
@@ -87,13 +91,14 @@ class Rule:
 
 @dataclass(frozen=True)
 class _Stack:
-    """Weights stacked for ``segment_matmul`` (``weight``: ``[G, K, N]``, ``bias``: ``[G, N]`` or
-    None), and the identities of the tensors stacked, in order (kept alive in ``tensors``)."""
+    """Per-segment parameters stacked for one kernel op: ``tensors`` (what the op takes, as
+    ``kind`` makes them), made from the ``sources`` whose identities are ``ids``, in segment
+    order (the sources are kept alive: their ids must stay theirs)."""
 
-    ids: tuple[tuple[int, int | None], ...]  # (weight, bias) per segment
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    tensors: tuple
+    kind: Any
+    ids: tuple[tuple[int | None, ...], ...]
+    tensors: tuple[torch.Tensor | None, ...]
+    sources: tuple
 
 
 @dataclass(frozen=True)
@@ -144,59 +149,153 @@ def _gathered_linear(node: fx.Node) -> Match | None:
     return Match(last, dead, weight, lambda context: ((xs, w, b), {"activation": activation}))
 
 
-def _segment_linears(node: fx.Node) -> Match | None:
-    """``cat([linear(x_i, w_i, b_i) for each segment], 0)``, the per-segment form of a linear
-    whose fragments' weights differ (``rewrite.py``), each linear used only by the cat, with
-    weights of one shape and biases on all or none: one ``segment_matmul`` over the rows
-    (gathered once) and the stacked weights. Rows of more than one dim (tokens: ``[m, T, K]``,
-    ``T`` static) are flattened to ``[m T, K]`` for the op and its result shaped back. A relu or
-    exact gelu after the cat is fused in."""
+def _segments_of(node: fx.Node, target: Any) -> list[fx.Node] | None:
+    """The parts of ``node`` when it is the per-segment form of one layer (``rewrite.py``): a row
+    ``cat`` of at least two calls of ``target``, each used only by the cat, without kwargs."""
     if not _is_cat(node) or len(node.args[0]) < 2:
         return None
     parts = list(node.args[0])
-    if any(not isinstance(p, fx.Node) or p.target is not aten.linear.default or p.kwargs or len(p.users) != 1
-           for p in parts):
+    if any(not isinstance(p, fx.Node) or p.target is not target or p.kwargs or len(p.users) != 1 for p in parts):
         return None
-    xs = [p.args[0] for p in parts]
-    weights = [p.args[1] for p in parts]
-    biases = [p.args[2] if len(p.args) > 2 else None for p in parts]
-    if any(w.op != "get_attr" for w in weights) or len({b is None for b in biases}) != 1:
+    return parts
+
+
+def _weights_of(parts: list[fx.Node], positions: tuple[int, ...]) -> list[tuple] | None:
+    """Per part, its arguments at ``positions`` (weights): each a ``get_attr`` in every part, or
+    absent (None) in every part; None when the parts disagree or a weight is computed."""
+    table = [tuple(p.args[i] if i < len(p.args) else None for i in positions) for p in parts]
+    for column in zip(*table):
+        if len({w is None for w in column}) != 1 or any(w is not None and w.op != "get_attr" for w in column):
+            return None
+    return table
+
+
+def _sizes(graph: fx.Graph, xs: list[fx.Node], stack: _Stack, positions: list[int], scale: int = 1) -> list[Any]:
+    """The op's segment sizes over ``stack``: each part's rows (times ``scale``) at its position,
+    0 for the segments of fragments absent from this graph."""
+    full: list[Any] = [0] * len(stack.ids)
+    for x, position in zip(xs, positions):
+        size = graph.call_method("size", (x, 0))
+        full[position] = size if scale == 1 else graph.call_function(operator.mul, (size, scale))
+    return full
+
+
+def _rows(graph: fx.Graph, xs: list[fx.Node]) -> fx.Node:
+    """The parts' rows as one tensor: the tensor they were cut from, or their concatenation."""
+    return _whole(xs) or graph.call_function(torch.cat, (xs, 0))
+
+
+def _segment_linears(node: fx.Node) -> Match | None:
+    """``cat([linear(x_i, w_i, b_i) for each segment], 0)``, the per-segment form of a linear
+    whose fragments' weights differ (``rewrite.py``), with weights of one shape: one
+    ``segment_matmul`` over the rows (gathered once) and the stacked weights. Rows of more than
+    one dim (tokens: ``[m, T, K]``, ``T`` static) are flattened to ``[m T, K]`` for the op and its
+    result shaped back. A relu or exact gelu after the cat is fused in."""
+    parts = _segments_of(node, aten.linear.default)
+    weights = parts and _weights_of(parts, (1, 2))
+    if not weights or weights[0][0] is None:
         return None
-    if biases[0] is not None and any(b.op != "get_attr" for b in biases):
-        return None
-    vals = [_val(w) for w in weights]
+    vals = [_val(w) for w, _ in weights]
     if any(v is None or v.dim() != 2 or v.shape != vals[0].shape or v.dtype not in _MATMUL_DTYPES for v in vals):
         return None
+    xs = [p.args[0] for p in parts]
     rows_vals = [_val(x) for x in xs]
     if any(r is None or r.dim() < 2 for r in rows_vals):
         return None
     mid = tuple(rows_vals[0].shape[1:-1])
     if any(not isinstance(d, int) for d in mid) or any(tuple(r.shape[1:-1]) != mid for r in rows_vals):
         return None
-    tokens = math.prod(mid)
     n, k = vals[0].shape
     last, activation = _activation(node)
     dead = (*parts, node) if last is node else (*parts, node, last)
 
+    def stack(segments: list[tuple]) -> tuple:
+        # [G, N, K] stacked, read as [G, K, N] through a transposed view: no copy beyond the stack
+        return (torch.stack([w for w, _ in segments]).transpose(1, 2),
+                None if segments[0][1] is None else torch.stack([b for _, b in segments]))
+
     def build(context: _Context) -> tuple[tuple, dict]:
         graph = context.gm.graph
-        rows = _whole(xs) or graph.call_function(torch.cat, (xs, 0))
-        sizes = [graph.call_method("size", (x, 0)) for x in xs]
+        rows = _rows(graph, xs)
         if mid:
             rows = graph.call_method("reshape", (rows, -1, k))
-            sizes = [graph.call_function(operator.mul, (size, tokens)) for size in sizes]
-        stack, positions = _stack_for(context, weights, biases)
-        full: list[Any] = [0] * len(stack.ids)  # segments of weights whose fragments are absent: no rows
-        for size, position in zip(sizes, positions):
-            full[position] = size
-        weight = _buffer(context.gm, stack.weight)
-        bias = None if stack.bias is None else _buffer(context.gm, stack.bias)
-        return (rows, weight, full, bias), {"activation": activation}
+        stacked, positions = _stack_for(context, "linear", weights, stack)
+        weight, bias = (None if t is None else _buffer(context.gm, t) for t in stacked.tensors)
+        return (rows, weight, _sizes(graph, xs, stacked, positions, math.prod(mid)), bias), {"activation": activation}
 
     def finish(graph: fx.Graph, out: fx.Node) -> fx.Node:
         return graph.call_method("reshape", (out, -1, *mid, n)) if mid else out
 
     return Match(last, dead, vals[0], build, finish)
+
+
+def _segment_batch_norms(node: fx.Node) -> Match | None:
+    """``cat([batch_norm(x_i, w_i, b_i, mean_i, var_i, False, momentum, eps, cudnn) ...], 0)``,
+    eval-mode batch norms whose fragments' statistics or affine parameters differ: one
+    ``segment_affine`` with ``scale = w / sqrt(var + eps)`` and ``shift = b - mean * scale`` per
+    segment (what eval-mode batch norm computes), stacked ``[G, C, 1, ...]``."""
+    parts = _segments_of(node, aten.batch_norm.default)
+    weights = parts and _weights_of(parts, (1, 2, 3, 4))
+    if not weights or any(w[2] is None or w[3] is None for w in weights):
+        return None
+    if any(len(p.args) < 8 or p.args[5] is not False or p.args[7] != parts[0].args[7] for p in parts):
+        return None  # training, or different eps
+    xs = [p.args[0] for p in parts]
+    rows_vals = [_val(x) for x in xs]
+    if any(r is None or r.dim() < 2 or r.dtype not in _MATMUL_DTYPES for r in rows_vals):
+        return None
+    eps, rank = parts[0].args[7], rows_vals[0].dim()
+
+    def stack(segments: list[tuple]) -> tuple:
+        scales, shifts = [], []
+        for w, b, mean, var in segments:
+            scale = torch.rsqrt(var + eps) * (1 if w is None else w)
+            scales.append(scale)
+            shifts.append((0 if b is None else b) - mean * scale)
+        trailing = (1,) * (rank - 2)
+        return tuple(torch.stack(t).reshape(len(segments), -1, *trailing) for t in (scales, shifts))
+
+    def build(context: _Context) -> tuple[tuple, dict]:
+        graph = context.gm.graph
+        stacked, positions = _stack_for(context, ("batch_norm", eps, rank), weights, stack)
+        scale, shift = (_buffer(context.gm, t) for t in stacked.tensors)
+        return (_rows(graph, xs), scale, shift, _sizes(graph, xs, stacked, positions)), {}
+
+    return Match(node, (*parts, node), None, build)
+
+
+def _segment_layer_norms(node: fx.Node) -> Match | None:
+    """``cat([layer_norm(x_i, shape, w_i, b_i, eps, cudnn) ...], 0)``, layer norms whose
+    fragments' affine parameters differ: one ``layer_norm`` without them over all rows, then one
+    ``segment_affine`` with each segment's weight and bias, stacked ``[G, 1, ..., *shape]``."""
+    parts = _segments_of(node, aten.layer_norm.default)
+    weights = parts and _weights_of(parts, (2, 3))
+    if not weights or all(w is None for segment in weights for w in segment):
+        return None
+    if any(p.args[1] != parts[0].args[1] or p.args[4:5] != parts[0].args[4:5] for p in parts):
+        return None
+    xs = [p.args[0] for p in parts]
+    rows_vals = [_val(x) for x in xs]
+    if any(r is None or r.dtype not in _MATMUL_DTYPES for r in rows_vals):
+        return None
+    shape, rank = list(parts[0].args[1]), rows_vals[0].dim()
+    eps = parts[0].args[4] if len(parts[0].args) > 4 else 1e-5
+
+    def stack(segments: list[tuple]) -> tuple:
+        leading = (len(segments),) + (1,) * (rank - 1 - len(shape))
+        w0 = next(t for pair in segments for t in pair if t is not None)
+        scale = torch.stack([torch.ones_like(w0) if w is None else w for w, _ in segments])
+        shift = None if segments[0][1] is None else torch.stack([b for _, b in segments])
+        return tuple(None if t is None else t.reshape(*leading, *shape) for t in (scale, shift))
+
+    def build(context: _Context) -> tuple[tuple, dict]:
+        graph = context.gm.graph
+        normed = graph.call_function(aten.layer_norm.default, (_rows(graph, xs), shape, None, None, eps))
+        stacked, positions = _stack_for(context, ("layer_norm", tuple(shape), rank), weights, stack)
+        scale, shift = (None if t is None else _buffer(context.gm, t) for t in stacked.tensors)
+        return (normed, scale, shift, _sizes(graph, xs, stacked, positions)), {}
+
+    return Match(node, (*parts, node), None, build)
 
 
 def _whole(xs: list[fx.Node]) -> fx.Node | None:
@@ -231,22 +330,24 @@ def _gather(node: fx.Node) -> Match | None:
     return Match(node, (node,), None, lambda context: ((parts,), {}))
 
 
-def _stack_for(context: _Context, weights: list[fx.Node], biases: list[fx.Node | None]) -> tuple[_Stack, list[int]]:
-    """A stack holding these segments' weights and biases in this order, and the position of each
-    in it. The graph of every fragment (built first) stacks each layer's weights for all runs;
-    the graph of a subset reuses that stack, its absent runs getting segments of 0 rows, so a
-    module holds one stacked copy per layer, not one per set of present fragments."""
+def _stack_for(context: _Context, kind: Any, weights: list[tuple],
+               stack: Callable[[list[tuple]], tuple]) -> tuple[_Stack, list[int]]:
+    """A stack of ``kind`` holding these segments' parameters (``weights``: per segment, its
+    ``get_attr`` nodes or None) in this order, and the position of each segment in it. The graph
+    of every fragment (built first) stacks each layer's parameters for all its runs; the graph
+    of a subset reuses that stack, its absent runs getting segments of 0 rows, so a module holds
+    one stacked copy per layer, not one per set of present fragments. ``stack`` makes the
+    tensors from the per-segment parameter tensors (under ``no_grad``)."""
     gm = context.gm
-    tensors = [(fetch_attr(gm, w.target), None if b is None else fetch_attr(gm, b.target)) for w, b in zip(weights, biases)]
-    ids = [(id(w), None if b is None else id(b)) for w, b in tensors]
-    for stack in context.stacks:
-        positions = _subsequence(ids, stack.ids)
+    sources = [tuple(None if w is None else fetch_attr(gm, w.target) for w in segment) for segment in weights]
+    ids = [tuple(None if t is None else id(t) for t in segment) for segment in sources]
+    for existing in context.stacks:
+        positions = _subsequence(ids, existing.ids) if existing.kind == kind else None
         if positions is not None:
-            return stack, positions
-    with torch.no_grad():  # [G, N, K] stacked, read as [G, K, N] through a transposed view
-        weight = torch.stack([w.detach() for w, _ in tensors]).transpose(1, 2)
-        bias = None if biases[0] is None else torch.stack([b.detach() for _, b in tensors])
-    context.stacks.append(_Stack(tuple(ids), weight, bias, tuple(tensors)))
+            return existing, positions
+    with torch.no_grad():
+        tensors = stack([tuple(None if t is None else t.detach() for t in segment) for segment in sources])
+    context.stacks.append(_Stack(kind, tuple(ids), tensors, tuple(sources)))
     return context.stacks[-1], list(range(len(ids)))
 
 
@@ -284,6 +385,12 @@ def _gather_op() -> Any:
     return torch.ops.graft.gather.default
 
 
+def _segment_affine_op() -> Any:
+    from .kernels import segment_affine  # noqa: F401 - registers graft::segment_affine
+
+    return torch.ops.graft.segment_affine.default
+
+
 def _segment_matmul_op() -> Any:
     from .kernels import segment_matmul  # noqa: F401 - registers graft::segment_matmul
 
@@ -293,6 +400,8 @@ def _segment_matmul_op() -> Any:
 RULES: tuple[Rule, ...] = (
     # per-segment linears first: their segments' own gathers would otherwise become gather_linear
     Rule("segment_matmul", torch.cat, _segment_linears, _segment_matmul_op),
+    Rule("segment_batch_norm", torch.cat, _segment_batch_norms, _segment_affine_op),
+    Rule("segment_layer_norm", torch.cat, _segment_layer_norms, _segment_affine_op),
     Rule("gather_linear", aten.linear.default, _gathered_linear, _gather_linear_op),
     Rule("gather", torch.cat, _gather, _gather_op),  # last: the joins the rules before did not take
 )

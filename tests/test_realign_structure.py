@@ -59,12 +59,17 @@ def test_outputs_equal_separate_execution(kind, kernels, sizes):
     assert_equivalent(realigned(kind, "structure", kernels), random_inputs(realigned(kind, "structure"), sizes))
 
 
-def test_per_segment_linears_become_one_segment_matmul():
+def test_per_segment_linears_and_norms_become_one_kernel_call_each():
     counters.clear()
     rm = realigned.__wrapped__("mlp", "structure", "triton")
     ops = [str(n.target) for n in rm.graph_module.graph.nodes if n.op == "call_function"]
     assert ops.count("graft.segment_matmul.default") == 3 and "aten.linear.default" not in ops
-    assert counters["graft"]["segment_matmul"] >= 3
+    assert ops.count("graft.segment_affine.default") == 1 and ops.count("aten.layer_norm.default") == 1
+    assert counters["graft"]["segment_matmul"] >= 3 and counters["graft"]["segment_layer_norm"] >= 1
+    rm = realigned.__wrapped__("cnn", "structure", "triton")
+    ops = [str(n.target) for n in rm.graph_module.graph.nodes if n.op == "call_function"]
+    assert ops.count("graft.segment_affine.default") == 2 and "aten.batch_norm.default" not in ops
+    assert counters["graft"]["segment_batch_norm"] >= 2
 
 
 @given(data=st.data())
@@ -224,4 +229,4 @@ def test_graphs_for_subsets_of_fragments_reuse_one_stack_per_layer():
     stacks = len(rm._stacks)
     for sizes in ((1, None, 2, None), (None, 3, None, 1), (2, None, None, None), (0, 1, None, 2)):
         assert_equivalent(rm, random_inputs(rm, sizes))
-    assert len(rm._stacks) == stacks == 3
+    assert len(rm._stacks) == stacks == 4  # the three linears and the layer norm
