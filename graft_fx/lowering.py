@@ -6,7 +6,8 @@ patterns have a fused kernel in `graft_fx.kernels`, one rule each, applied in th
 
 - the per-segment linears of a layer whose fragments' weights differ (``share="structure"``),
   joined by one ``torch.cat``, become one ``graft::segment_matmul`` over their weights stacked;
-  per-segment eval-mode batch norms become one ``graft::segment_affine`` (each segment's scale
+  per-segment convolutions one ``graft::segment_conv2d``; per-segment eval-mode batch norms
+  become one ``graft::segment_affine`` (each segment's scale
   and shift from its statistics), per-segment layer norms one ``layer_norm`` without affine
   parameters and one ``segment_affine``;
 - a gather that feeds only a shared ``aten.linear`` becomes ``graft::gather_linear``, which
@@ -229,6 +230,41 @@ def _segment_linears(node: fx.Node) -> Match | None:
     return Match(last, dead, vals[0], build, finish)
 
 
+_CONV_DEFAULTS = (None, None, None, [1, 1], [0, 0], [1, 1], 1)  # aten.conv2d.default's trailing defaults
+
+
+def _segment_convolutions(node: fx.Node) -> Match | None:
+    """``cat([conv2d(x_i, w_i, b_i, stride, padding, dilation, groups) ...], 0)``, convolutions
+    whose fragments' weights differ, with one stride, padding, dilation and groups: one
+    ``segment_conv2d`` over the stacked weights (a grouped convolution over channel-stacked rows
+    when the segments are equal, else one convolution per segment)."""
+    parts = _segments_of(node, aten.conv2d.default)
+    weights = parts and _weights_of(parts, (1, 2))
+    if not weights:
+        return None
+    options = [tuple(list(p.args) + list(_CONV_DEFAULTS[len(p.args):]))[3:] for p in parts]
+    if any(o != options[0] for o in options):
+        return None
+    vals = [_val(w) for w, _ in weights]
+    xs = [p.args[0] for p in parts]
+    if any(v is None or v.shape != vals[0].shape or v.dtype not in _MATMUL_DTYPES for v in vals):
+        return None
+    if any(_val(x) is None or _val(x).dim() != 4 for x in xs):
+        return None
+
+    def stack(segments: list[tuple]) -> tuple:
+        return (torch.stack([w for w, _ in segments]),
+                None if segments[0][1] is None else torch.stack([b for _, b in segments]))
+
+    def build(context: _Context) -> tuple[tuple, dict]:
+        graph = context.gm.graph
+        stacked, positions = _stack_for(context, "conv2d", weights, stack)
+        weight, bias = (None if t is None else _buffer(context.gm, t) for t in stacked.tensors)
+        return (_rows(graph, xs), weight, bias, _sizes(graph, xs, stacked, positions), *options[0]), {}
+
+    return Match(node, (*parts, node), vals[0], build)
+
+
 def _segment_batch_norms(node: fx.Node) -> Match | None:
     """``cat([batch_norm(x_i, w_i, b_i, mean_i, var_i, False, momentum, eps, cudnn) ...], 0)``,
     eval-mode batch norms whose fragments' statistics or affine parameters differ: one
@@ -385,6 +421,12 @@ def _gather_op() -> Any:
     return torch.ops.graft.gather.default
 
 
+def _segment_conv2d_op() -> Any:
+    from .kernels import segment_conv2d  # noqa: F401 - registers graft::segment_conv2d
+
+    return torch.ops.graft.segment_conv2d.default
+
+
 def _segment_affine_op() -> Any:
     from .kernels import segment_affine  # noqa: F401 - registers graft::segment_affine
 
@@ -400,6 +442,7 @@ def _segment_matmul_op() -> Any:
 RULES: tuple[Rule, ...] = (
     # per-segment linears first: their segments' own gathers would otherwise become gather_linear
     Rule("segment_matmul", torch.cat, _segment_linears, _segment_matmul_op),
+    Rule("segment_conv2d", torch.cat, _segment_convolutions, _segment_conv2d_op),
     Rule("segment_batch_norm", torch.cat, _segment_batch_norms, _segment_affine_op),
     Rule("segment_layer_norm", torch.cat, _segment_layer_norms, _segment_affine_op),
     Rule("gather_linear", aten.linear.default, _gathered_linear, _gather_linear_op),

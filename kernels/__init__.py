@@ -9,8 +9,10 @@ package registers every op (``torch.ops.graft.*``).
 - `gather`: ``torch.cat(xs)`` along the rows in one launch;
 - `gather_linear`: a Linear over the rows of several tensors, read where they lie;
 - `segment_matmul`: contiguous row segments, each multiplied by its own weight ``[G, K, N]``;
+- `segment_conv2d`: contiguous row segments, each convolved with its own weights (one grouped
+  convolution over channel-stacked rows when the segments are equal; no Triton kernel);
 - `segment_affine`: contiguous row segments, each scaled and shifted by its own parameters (no
   Triton kernel: one indexed ``addcmul`` is a single pass already).
 """
 
-from . import gather, gather_linear, segment_affine, segment_matmul  # noqa: F401 - registers the ops
+from . import gather, gather_linear, segment_affine, segment_conv2d, segment_matmul  # noqa: F401 - registers the ops

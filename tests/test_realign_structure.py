@@ -54,7 +54,7 @@ def test_by_weights_they_share_only_what_is_equal(kind):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("sizes", [(1, 2, 3), (0, 1, 0), (None, 2, None), (1, None, 0), (0, 0, 0)])
+@pytest.mark.parametrize("sizes", [(1, 2, 3), (2, 2, 2), (0, 1, 0), (None, 2, None), (1, None, 0), (0, 0, 0)])
 def test_outputs_equal_separate_execution(kind, kernels, sizes):
     assert_equivalent(realigned(kind, "structure", kernels), random_inputs(realigned(kind, "structure"), sizes))
 
@@ -69,7 +69,8 @@ def test_per_segment_linears_and_norms_become_one_kernel_call_each():
     rm = realigned.__wrapped__("cnn", "structure", "triton")
     ops = [str(n.target) for n in rm.graph_module.graph.nodes if n.op == "call_function"]
     assert ops.count("graft.segment_affine.default") == 2 and "aten.batch_norm.default" not in ops
-    assert counters["graft"]["segment_batch_norm"] >= 2
+    assert ops.count("graft.segment_conv2d.default") == 2 and "aten.conv2d.default" not in ops
+    assert counters["graft"]["segment_batch_norm"] >= 2 and counters["graft"]["segment_conv2d"] >= 2
 
 
 @given(data=st.data())
