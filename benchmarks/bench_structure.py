@@ -17,6 +17,7 @@ Outputs are checked against separate execution before timing. Times are medians 
 
     python benchmarks/bench_structure.py
     python benchmarks/bench_structure.py --models mlp --k 2,8 --rows 1,8 --json out.json
+    python benchmarks/bench_structure.py --device cuda --kernels triton     # on a GPU: the kernels
 """
 
 from __future__ import annotations
@@ -74,24 +75,34 @@ def vmapped(models: list[nn.Module]):
     return lambda xs: run(params, buffers, torch.stack(xs))
 
 
-def time_all(fns: dict, xs: list[torch.Tensor], reps: int) -> dict[str, float]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_all(fns: dict, xs: list[torch.Tensor], reps: int, device: torch.device) -> dict[str, float]:
     for fn in fns.values():
         fn(xs)
     times: dict[str, list[float]] = {n: [] for n in fns}
     names = list(fns)
     for rep in range(reps):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
+            sync(device)
             start = time.perf_counter()
             fns[name](xs)
+            sync(device)
             times[name].append(1e3 * (time.perf_counter() - start))
     return {n: statistics.median(t) for n, t in times.items()}
 
 
 def measure(name: str, k: int, rows: int, args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
     models, row = copies(name, k)
-    xs = [torch.randn(rows, *row) for _ in models]
+    models = [m.to(device) for m in models]
+    xs = [torch.randn(rows, *row, device=device) for _ in models]
     start = time.perf_counter()
-    rm = graft_fx.realign(models, [torch.randn(2, *row) for _ in models], share="structure", kernels=args.kernels)
+    rm = graft_fx.realign(models, [torch.randn(2, *row, device=device) for _ in models], share="structure",
+                          kernels=args.kernels)
     realign_s = time.perf_counter() - start
     fns = {"separate": lambda xs: [m(x) for m, x in zip(models, xs)],
            "graft": lambda xs: rm(*xs),
@@ -101,7 +112,7 @@ def measure(name: str, k: int, rows: int, args: argparse.Namespace) -> dict:
         for got in (fns["graft"](xs), list(fns["vmap"](xs))):
             for e, g in zip(expected, got):
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
-        ms = time_all(fns, xs, args.reps)
+        ms = time_all(fns, xs, args.reps, device)
     segments = [s for s in rm.plan.segments if s.batched]
     return {"model": name, "k": k, "rows": rows, **{f"{n}_ms": v for n, v in ms.items()},
             "realign_s": realign_s, "by_structure": sum(s.by_structure for s in segments),
@@ -116,11 +127,12 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--kernels", choices=("torch", "triton"), default="triton")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    machine = describe()
+    machine = describe(args.device)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     print(f"kernels {args.kernels}, median of {args.reps}, ms\n")
     print("| model | k | rows/copy | separate | graft | vmap | graft vs separate | graft vs vmap | layers by structure |")
