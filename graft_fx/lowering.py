@@ -60,6 +60,12 @@ GPU (benchmarks/gpu_check.sh measures the kernels against torch); until then, a 
 
 _ACTIVATIONS = {aten.relu.default: "relu", aten.gelu.default: "gelu"}  # fused when the only user
 _MATMUL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the matmul kernels take
+MAX_CENTERED_MEAN = 16.0
+"""A batch norm is lowered only where every ``|running_mean| / sqrt(running_var + eps)`` is at
+most this. Eager batch norm on a CPU folds the mean into a shift (``x * a + (b - mean * a)``),
+which loses about that ratio in units of the last place to cancellation; ``segment_affine``
+centres first, as the CUDA kernel does. Beyond it the two roundings part by more than the float
+tolerance, so the per-segment form (eager's own op) stays."""
 
 
 @dataclass(frozen=True)
@@ -90,16 +96,37 @@ class Rule:
     op: Callable[[], Any]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Stack:
-    """Per-segment parameters stacked for one kernel op: ``tensors`` (what the op takes, as
-    ``kind`` makes them), made from the ``sources`` whose identities are ``ids``, in segment
-    order (the sources are kept alive: their ids must stay theirs)."""
+    """Per-segment parameters stacked for one kernel op: ``tensors`` (what the op takes, made by
+    ``make``), made from the ``sources`` whose identities are ``ids``, in segment order (the
+    sources are kept alive: their ids must stay theirs), as of the sources' ``versions``."""
 
     kind: Any
     ids: tuple[tuple[int | None, ...], ...]
     tensors: tuple[torch.Tensor | None, ...]
     sources: tuple
+    make: Callable[[list[tuple]], tuple]
+    versions: tuple[int, ...]
+
+    def current(self) -> tuple[int, ...]:
+        """The sources' version counters now (an in-place update bumps them)."""
+        return tuple(t._version for segment in self.sources for t in segment if t is not None)
+
+
+def refresh(stacks: Sequence[_Stack]) -> None:
+    """Restack, in place, every stack whose sources were updated in place since it was made (a
+    new fine-tune loaded with ``load_state_dict``, an optimizer step), so that lowered graphs
+    read the weights the fragments hold, as the library ops do."""
+    for stack in stacks:
+        now = stack.current()
+        if now != stack.versions:
+            with torch.no_grad():
+                fresh = stack.make([tuple(None if t is None else t.detach() for t in s) for s in stack.sources])
+                for old, new in zip(stack.tensors, fresh):
+                    if old is not None:
+                        old.copy_(new)
+            stack.versions = stack.current()
 
 
 @dataclass(frozen=True)
@@ -268,14 +295,20 @@ def _segment_convolutions(node: fx.Node) -> Match | None:
 def _segment_batch_norms(node: fx.Node) -> Match | None:
     """``cat([batch_norm(x_i, w_i, b_i, mean_i, var_i, False, momentum, eps, cudnn) ...], 0)``,
     eval-mode batch norms whose fragments' statistics or affine parameters differ: one
-    ``segment_affine`` with ``scale = w / sqrt(var + eps)`` and ``shift = b - mean * scale`` per
-    segment (what eval-mode batch norm computes), stacked ``[G, C, 1, ...]``."""
+    ``segment_affine`` with ``center = mean``, ``scale = w / sqrt(var + eps)`` and ``shift = b``
+    per segment (what eval-mode batch norm computes, centred first), stacked ``[G, C, 1, ...]``."""
     parts = _segments_of(node, aten.batch_norm.default)
     weights = parts and _weights_of(parts, (1, 2, 3, 4))
     if not weights or any(w[2] is None or w[3] is None for w in weights):
         return None
     if any(len(p.args) < 8 or p.args[5] is not False or p.args[7] != parts[0].args[7] for p in parts):
         return None  # training, or different eps
+    gm = node.graph.owning_module
+    for segment in weights:
+        mean, var = (fetch_attr(gm, n.target) for n in segment[2:])
+        ratio = mean.abs() * torch.rsqrt(var + parts[0].args[7])
+        if ratio.numel() and float(ratio.max()) > MAX_CENTERED_MEAN:
+            return None
     xs = [p.args[0] for p in parts]
     rows_vals = [_val(x) for x in xs]
     if any(r is None or r.dim() < 2 or r.dtype not in _MATMUL_DTYPES for r in rows_vals):
@@ -283,19 +316,17 @@ def _segment_batch_norms(node: fx.Node) -> Match | None:
     eps, rank = parts[0].args[7], rows_vals[0].dim()
 
     def stack(segments: list[tuple]) -> tuple:
-        scales, shifts = [], []
-        for w, b, mean, var in segments:
-            scale = torch.rsqrt(var + eps) * (1 if w is None else w)
-            scales.append(scale)
-            shifts.append((0 if b is None else b) - mean * scale)
+        scale = [torch.rsqrt(var + eps) * (1 if w is None else w) for w, _, _, var in segments]
+        shift = [torch.zeros_like(mean) if b is None else b for _, b, mean, _ in segments]
         trailing = (1,) * (rank - 2)
-        return tuple(torch.stack(t).reshape(len(segments), -1, *trailing) for t in (scales, shifts))
+        return tuple(torch.stack(t).reshape(len(segments), -1, *trailing)
+                     for t in (scale, shift, [mean for _, _, mean, _ in segments]))
 
     def build(context: _Context) -> tuple[tuple, dict]:
         graph = context.gm.graph
         stacked, positions = _stack_for(context, ("batch_norm", eps, rank), weights, stack)
-        scale, shift = (_buffer(context.gm, t) for t in stacked.tensors)
-        return (_rows(graph, xs), scale, shift, _sizes(graph, xs, stacked, positions)), {}
+        scale, shift, center = (_buffer(context.gm, t) for t in stacked.tensors)
+        return (_rows(graph, xs), scale, shift, _sizes(graph, xs, stacked, positions), center), {}
 
     return Match(node, (*parts, node), None, build)
 
@@ -383,7 +414,9 @@ def _stack_for(context: _Context, kind: Any, weights: list[tuple],
             return existing, positions
     with torch.no_grad():
         tensors = stack([tuple(None if t is None else t.detach() for t in segment) for segment in sources])
-    context.stacks.append(_Stack(kind, tuple(ids), tensors, tuple(sources)))
+    made = _Stack(kind, tuple(ids), tensors, tuple(sources), stack, ())
+    made.versions = made.current()
+    context.stacks.append(made)
     return context.stacks[-1], list(range(len(ids)))
 
 
@@ -488,6 +521,7 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
                     fused = match.finish(gm.graph, fused)
             fused.meta.update(match.last.meta)
             match.last.replace_all_uses_with(fused)
+            _rename_values(gm, match, fused)
             for dead in reversed(match.dead):
                 gm.graph.erase_node(dead)
             erased.update(match.dead)
@@ -498,6 +532,21 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
         gm.graph.lint()
         gm.recompile()
     return gm
+
+
+def _rename_values(gm: fx.GraphModule, match: Match, fused: fx.Node) -> None:
+    """Keep ``gm.meta["graft_values"]`` (class -> the node holding its value, which
+    ``verify`` reads to name the first differing node) true: the node a rewrite replaces now
+    lives in ``fused``; the values it fused away are gone."""
+    values = gm.meta.get("graft_values")
+    if values is None:
+        return
+    dead = {n.name for n in match.dead}
+    for index, name in list(values.items()):
+        if name == match.last.name:
+            values[index] = fused.name
+        elif name in dead:
+            del values[index]
 
 
 def _on_cuda(example_inputs: Sequence[Any]) -> bool:

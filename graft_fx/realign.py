@@ -22,7 +22,7 @@ from .analysis import Analysis, analyze
 from .capture import InputSpec, fetch_attr
 from .errors import GraftError
 from .keys import SHARES
-from .lowering import KERNELS, lower
+from .lowering import KERNELS, lower, refresh
 from .plan import Plan, make_plan
 from .rewrite import emit
 from .verify import verify as _verify
@@ -103,6 +103,8 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
+        if self._stacks:
+            refresh(self._stacks)  # weights updated in place since the graphs were lowered
         leaves = iter(self.graph_for(frozenset(present))(*flat) if present else ())
         outputs = []
         for f, a in enumerate(self._analyses):

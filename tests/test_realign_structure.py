@@ -231,3 +231,42 @@ def test_graphs_for_subsets_of_fragments_reuse_one_stack_per_layer():
     for sizes in ((1, None, 2, None), (None, 3, None, 1), (2, None, None, None), (0, 1, None, 2)):
         assert_equivalent(rm, random_inputs(rm, sizes))
     assert len(rm._stacks) == stacks == 4  # the three linears and the layer norm
+
+
+def test_weights_updated_in_place_after_realign_reach_the_lowered_graphs():
+    """Found by review: the stacked weights were a snapshot, so a fine-tune loaded after
+    realign changed the library path's outputs but not the kernels'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)).eval()
+    copies = fine_tuned(model, 3)
+    rm = graft_fx.realign(copies, [torch.randn(2, 8)] * 3, share="structure", kernels="triton")
+    with torch.no_grad():
+        copies[1][0].weight.add_(1.0)
+        copies[1][1].running_mean.add_(1.0)
+    copies[2].load_state_dict(fine_tuned(model, 4)[3].state_dict())
+    for sizes in ((2, 2, 2), (None, 1, 3)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+def test_a_batch_norm_with_a_large_mean_keeps_eager_s_own_op():
+    """Found by review: when the mean is large against the spread of the rows (raw tabular
+    features), eager's folded arithmetic on a CPU and any other rounding part by more than the
+    tolerance; such a batch norm keeps the per-segment form (eager's op). A moderate one is
+    lowered, centred first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        model[0].running_mean.fill_(2e4)
+        model[0].running_var.fill_(100.0)
+    copies = fine_tuned(model, 3, 0.05)
+    xs = [2e4 + 10 * torch.randn(5, 16) for _ in copies]
+    rm = graft_fx.realign(copies, [x[:2] for x in xs], share="structure", kernels="triton", min_flops_per_byte=0)
+    assert not any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
+    assert_equivalent(rm, tuple(xs))
+    with torch.no_grad():
+        for m in copies:
+            m[0].running_mean.div_(2000.0)  # |mean| / std about 1: lowered
+    rm = graft_fx.realign(copies, [x[:2] / 2000 for x in xs], share="structure", kernels="triton",
+                          min_flops_per_byte=0)
+    assert any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
+    assert_equivalent(rm, tuple(x / 2000 for x in xs))

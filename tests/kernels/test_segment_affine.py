@@ -24,6 +24,16 @@ def make(kind, sizes, dtype=torch.float32, shift=True):
     return x, scale, (torch.randn(len(sizes), *b, generator=g).to(dtype) if shift else None)
 
 
+def test_a_center_is_subtracted_first():
+    """Batch norm's mean is subtracted before scaling: a large mean cancels no digits."""
+    x, scale, shift = make("channels", (2, 3))
+    center = torch.full_like(scale, 2e4)
+    x = x * 10 + 2e4
+    expected = segment_affine_reference(x.double(), scale.double(), shift.double(), [2, 3], center.double())
+    got = segment_affine(x, scale, shift, [2, 3], center)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", list(SHAPES))
 @pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
