@@ -16,6 +16,10 @@ patterns have a fused kernel in `graft_fx.kernels`, one rule each, applied in th
 - a gather left over becomes ``graft::gather``, one launch for every part (under
   ``kernels="triton"`` only, until a GPU shows where it beats ``torch.cat``).
 
+Per-segment parameters are stacked once per layer (`_stack_for`) and shared by the graphs of
+every subset of present fragments; `refresh` restacks them in place when the fragments' own
+tensors were updated in place, which `RealignedModule` checks before every call.
+
 Every rule is data (`Rule`, `RULES`, in the style of the separability table): the op a match
 ends in, a matcher that reads the nodes around it and returns the kernel op's arguments, and
 the op they become. `lower` runs the rules over a graph, replacing each match with one
