@@ -50,6 +50,18 @@ def use_triton(*tensors: torch.Tensor, dot: bool = False) -> bool:
     return kinds == {"cpu"} and _INTERPRETING and not (dot and any(t.dtype == torch.bfloat16 for t in tensors))
 
 
+def check_tensors(op: str, names: str, tensors: list[torch.Tensor], dtypes: tuple[torch.dtype, ...]) -> None:
+    """GraftError unless ``tensors`` (the op's ``names``, for the message) share one dtype among
+    ``dtypes`` and one device."""
+    from graft_fx.errors import GraftError
+
+    if tensors[0].dtype not in dtypes or any(t.dtype != tensors[0].dtype for t in tensors):
+        raise GraftError(f"{op}: {names} must share one dtype of {', '.join(map(str, dtypes))}; got "
+                         f"{', '.join(str(t.dtype) for t in tensors)}")
+    if any(t.device != tensors[0].device for t in tensors):
+        raise GraftError(f"{op}: {names} must be on one device; got {', '.join(str(t.device) for t in tensors)}")
+
+
 def activation_code(name: str) -> int:
     """The ``tl.constexpr`` code of activation ``name``; ValueError naming the known ones."""
     try:

@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import GraftError
+from .dispatch import check_tensors
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -47,13 +48,8 @@ def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, siz
         raise GraftError(f"segment_affine: {len(sizes)} sizes for {scale.shape[0]} segments of parameters")
     if any(s < 0 for s in sizes) or sum(sizes) != x.shape[0]:
         raise GraftError(f"segment_affine: sizes {list(sizes)} must be non-negative and sum to x's {x.shape[0]} rows")
-    tensors = [x, scale] + [t for t in (shift, center) if t is not None]
-    if x.dtype not in DTYPES or any(t.dtype != x.dtype for t in tensors):
-        raise GraftError(f"segment_affine: x, scale and shift must share one dtype of "
-                         f"{', '.join(map(str, DTYPES))}; got {', '.join(str(t.dtype) for t in tensors)}")
-    if any(t.device != x.device for t in tensors):
-        raise GraftError(f"segment_affine: x, scale and shift must be on one device; got "
-                         f"{', '.join(str(t.device) for t in tensors)}")
+    check_tensors("segment_affine", "x, scale, shift and center", [x, scale] + [t for t in (shift, center) if t is not None],
+                  DTYPES)
 
 
 def segment_affine_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None,

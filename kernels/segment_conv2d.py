@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from ..errors import GraftError
+from .dispatch import check_tensors
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -43,13 +44,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, siz
     if len(sizes) != weight.shape[0] or any(s < 0 for s in sizes) or sum(sizes) != x.shape[0]:
         raise GraftError(f"segment_conv2d: sizes {list(sizes)} must be {weight.shape[0]} non-negative counts "
                          f"summing to x's {x.shape[0]} rows")
-    tensors = [x, weight] + ([bias] if bias is not None else [])
-    if x.dtype not in DTYPES or any(t.dtype != x.dtype for t in tensors):
-        raise GraftError(f"segment_conv2d: x, weight and bias must share one dtype of "
-                         f"{', '.join(map(str, DTYPES))}; got {', '.join(str(t.dtype) for t in tensors)}")
-    if any(t.device != x.device for t in tensors):
-        raise GraftError(f"segment_conv2d: x, weight and bias must be on one device; got "
-                         f"{', '.join(str(t.device) for t in tensors)}")
+    check_tensors("segment_conv2d", "x, weight and bias", [x, weight] + ([bias] if bias is not None else []), DTYPES)
 
 
 def segment_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: Sequence[int],

@@ -36,7 +36,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import GraftError
-from .dispatch import HAS_TRITON, activate, activation_code, interpreting, use_triton
+from .dispatch import HAS_TRITON, activate, activation_code, check_tensors, interpreting, use_triton
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 """The dtypes the op takes; ``x``, ``weight`` and ``bias`` share one."""
@@ -132,13 +132,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], bias: torch.
                          f"{x.shape[0]} rows")
     if bias is not None and tuple(bias.shape) != (groups, n):
         raise GraftError(f"segment_matmul: bias must be [G, N] = [{groups}, {n}], got {tuple(bias.shape)}")
-    tensors = [x, weight] + ([bias] if bias is not None else [])
-    if x.dtype not in DTYPES or any(t.dtype != x.dtype for t in tensors):
-        raise GraftError(f"segment_matmul: x, weight and bias must share one dtype of "
-                         f"{', '.join(map(str, DTYPES))}; got {', '.join(str(t.dtype) for t in tensors)}")
-    if any(t.device != x.device for t in tensors):
-        raise GraftError(f"segment_matmul: x, weight and bias must be on one device; got "
-                         f"{', '.join(str(t.device) for t in tensors)}")
+    check_tensors("segment_matmul", "x, weight and bias", [x, weight] + ([bias] if bias is not None else []), DTYPES)
 
 
 def segment_matmul_reference(x: torch.Tensor, weight: torch.Tensor, sizes: list[int],
