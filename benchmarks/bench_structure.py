@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +36,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_realign import time_modes  # noqa: E402
 from machine import describe  # noqa: E402
 
 import graft_fx  # noqa: E402
@@ -75,26 +76,6 @@ def vmapped(models: list[nn.Module]):
     return lambda xs: run(params, buffers, torch.stack(xs))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_all(fns: dict, xs: list[torch.Tensor], reps: int, device: torch.device) -> dict[str, float]:
-    for fn in fns.values():
-        fn(xs)
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    for rep in range(reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            fns[name](xs)
-            sync(device)
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {n: statistics.median(t) for n, t in times.items()}
-
-
 def measure(name: str, k: int, rows: int, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     models, row = copies(name, k)
@@ -112,7 +93,7 @@ def measure(name: str, k: int, rows: int, args: argparse.Namespace) -> dict:
         for got in (fns["graft"](xs), list(fns["vmap"](xs))):
             for e, g in zip(expected, got):
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
-        ms = time_all(fns, xs, args.reps, device)
+        ms = time_modes({n: functools.partial(fn, xs) for n, fn in fns.items()}, args.reps, 1, device)
     segments = [s for s in rm.plan.segments if s.batched]
     return {"model": name, "k": k, "rows": rows, **{f"{n}_ms": v for n, v in ms.items()},
             "realign_s": realign_s, "by_structure": sum(s.by_structure for s in segments),
