@@ -90,14 +90,14 @@ class Match:
 
 @dataclass(frozen=True)
 class Rule:
-    """``anchor``: the op a match ends in; ``match(node)`` reads the pattern around an anchor node
-    (a `Match`, or None); ``op()`` the kernel op it becomes (resolved late: the kernels import
-    Triton)."""
+    """``name``: the counter's key; ``anchor``: the op a match ends in; ``match(node)`` reads the
+    pattern around an anchor node (a `Match`, or None); ``op``: the name of the kernel op it
+    becomes, ``torch.ops.graft.<op>`` (resolved when a rewrite is made: `_kernel`)."""
 
     name: str
     anchor: Any
     match: Callable[[fx.Node], Match | None]
-    op: Callable[[], Any]
+    op: str
 
 
 @dataclass
@@ -446,44 +446,22 @@ def _buffer(gm: fx.GraphModule, tensor: torch.Tensor) -> fx.Node:
     return gm.graph.get_attr(f"stacked_weights_{k}")
 
 
-def _gather_linear_op() -> Any:
-    from .kernels import gather_linear  # noqa: F401 - registers graft::gather_linear
+def _kernel(name: str) -> Any:
+    """The overload of ``torch.ops.graft.<name>`` (importing the kernels registers them; they
+    import Triton, so not before a rewrite needs one)."""
+    from . import kernels  # noqa: F401 - registers torch.ops.graft.*
 
-    return torch.ops.graft.gather_linear.default
-
-
-def _gather_op() -> Any:
-    from .kernels import gather  # noqa: F401 - registers graft::gather
-
-    return torch.ops.graft.gather.default
-
-
-def _segment_conv2d_op() -> Any:
-    from .kernels import segment_conv2d  # noqa: F401 - registers graft::segment_conv2d
-
-    return torch.ops.graft.segment_conv2d.default
-
-
-def _segment_affine_op() -> Any:
-    from .kernels import segment_affine  # noqa: F401 - registers graft::segment_affine
-
-    return torch.ops.graft.segment_affine.default
-
-
-def _segment_matmul_op() -> Any:
-    from .kernels import segment_matmul  # noqa: F401 - registers graft::segment_matmul
-
-    return torch.ops.graft.segment_matmul.default
+    return getattr(torch.ops.graft, name).default
 
 
 RULES: tuple[Rule, ...] = (
     # per-segment linears first: their segments' own gathers would otherwise become gather_linear
-    Rule("segment_matmul", torch.cat, _segment_linears, _segment_matmul_op),
-    Rule("segment_conv2d", torch.cat, _segment_convolutions, _segment_conv2d_op),
-    Rule("segment_batch_norm", torch.cat, _segment_batch_norms, _segment_affine_op),
-    Rule("segment_layer_norm", torch.cat, _segment_layer_norms, _segment_affine_op),
-    Rule("gather_linear", aten.linear.default, _gathered_linear, _gather_linear_op),
-    Rule("gather", torch.cat, _gather, _gather_op),  # last: the joins the rules before did not take
+    Rule("segment_matmul", torch.cat, _segment_linears, "segment_matmul"),
+    Rule("segment_conv2d", torch.cat, _segment_convolutions, "segment_conv2d"),
+    Rule("segment_batch_norm", torch.cat, _segment_batch_norms, "segment_affine"),
+    Rule("segment_layer_norm", torch.cat, _segment_layer_norms, "segment_affine"),
+    Rule("gather_linear", aten.linear.default, _gathered_linear, "gather_linear"),
+    Rule("gather", torch.cat, _gather, "gather"),  # last: the joins the rules before did not take
 )
 
 
@@ -520,7 +498,7 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], kernels: str = "aut
                 continue
             with gm.graph.inserting_before(node):
                 args, kwargs = match.build(context)
-                fused = gm.graph.call_function(rule.op(), args, kwargs)
+                fused = gm.graph.call_function(_kernel(rule.op), args, kwargs)
                 if match.finish is not None:
                     fused = match.finish(gm.graph, fused)
             fused.meta.update(match.last.meta)
