@@ -20,9 +20,9 @@ In-place writes back to inputs and buffers run last, after every read of the old
 members hold different tensors gets one ``get_attr`` per member, and every node reads its own
 fragment's. A shared class that reads such weights runs *per segment*: once per run of adjacent
 fragments whose weights agree, each on the rows of its run, with the run's weights, and the runs'
-results are joined along the rows; the lowering turns a join of per-segment linears into one
-``graft::segment_matmul``. Written in plain torch ops, the per-segment form is exact whatever the
-layer, and the kernels stay a rewrite of it.
+results are joined along the rows; the lowering turns the joins it knows (linears,
+convolutions, norms) into graft's segment ops. Written in plain torch ops, the per-segment form
+is exact whatever the layer, and the kernels stay a rewrite of it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class _Emitter:
         self.attr_names: dict[int, str] = {}
         self.value: dict[int, fx.Node] = {}
         self.own: dict[tuple[int, fx.Node], fx.Node] = {}  # (fragment, weight) -> its get_attr, where they differ
-        self.segmented = 0  # shared classes run per segment
         self.class_of = {m: c for c in classes for m in c.members}
         self.batch: dict[int, fx.Node] = {}
         self.prefix_rows: dict[tuple[int, ...], Any] = {}
@@ -141,7 +140,11 @@ class _Emitter:
         parts = [self.slice_rows(source, fs) for source, fs in runs]
         if len(parts) == 1:
             return parts[0]
-        layout = self.layout(pieces[0][1])
+        return self.join(self.layout(pieces[0][1]), parts)
+
+    def join(self, layout: Any, parts: list[fx.Node]) -> fx.Node:
+        """The rows of ``parts``, in order, as one value of ``layout``: one ``torch.cat`` along
+        the batch dim where the rows are contiguous in it, else ``cat_rows``."""
         if isinstance(layout, Layout) and layout.outer == 1:
             return self.graph.call_function(torch.cat, (parts, layout.dim))
         return self.graph.call_function(cat_rows, (layout, *parts))
@@ -264,11 +267,7 @@ class _Emitter:
                 self.own.update({(f, members[f]): parts[-1] for f in run})
         if c.role is Role.CONST:
             return
-        layout = self.layout(c)
-        self.value[c.index] = (self.graph.call_function(torch.cat, (parts, layout.dim))
-                               if isinstance(layout, Layout) and layout.outer == 1
-                               else self.graph.call_function(cat_rows, (layout, *parts)))
-        self.segmented += 1
+        self.value[c.index] = self.join(self.layout(c), parts)
 
     def output_leaf(self, f: int, leaf: Any) -> Any:
         if not isinstance(leaf, fx.Node):
@@ -291,7 +290,6 @@ class _Emitter:
         self.graph.lint()
         gm = fx.GraphModule(self.root, self.graph, class_name="RealignedGraph")
         gm.meta["graft_values"] = {i: node.name for i, node in self.value.items()}
-        gm.meta["graft_segmented"] = self.segmented
         return gm
 
 
