@@ -26,7 +26,8 @@ shifts rows: layer scale, positional embeddings) is keyed by its shape, dtype an
 device instead of its value, so the layers of fine-tuned copies of one model, equal in structure,
 different in weights, fall into one class. The realigned graph runs such a class once per run of
 fragments with equal weights, each on its own rows (``rewrite.py``), and the lowering batches the
-runs in one kernel where it has one (``lowering.py``: linear through ``segment_matmul``). Any
+runs in one kernel op where it has one (``lowering.py``: ``segment_matmul``, ``segment_conv2d``,
+``segment_affine``). Any
 other use of a weight keeps it keyed by value: an op outside the table cannot be run per segment
 by a rule, and a computed constant would be computed from one fragment's weights for all.
 """
