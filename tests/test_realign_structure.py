@@ -270,3 +270,17 @@ def test_a_batch_norm_with_a_large_mean_keeps_eager_s_own_op():
                           min_flops_per_byte=0)
     assert any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
     assert_equivalent(rm, tuple(x / 2000 for x in xs))
+
+
+def test_fragments_given_as_modules_graph_modules_and_exported_programs():
+    """One fine-tuned copy each as an nn.Module, an fx GraphModule (a split tail) and a
+    torch.export ExportedProgram: they share by structure alike."""
+    copies = fine_tuned(mlp(), 3)
+    example = torch.randn(2, 12)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(copies[2], (example,), dynamic_shapes=({0: batch},))
+    tail = graft_fx.split(copies[1], graft_fx.cut_points(copies[1], example)[0].name, example)[1]
+    rm = graft_fx.realign([copies[0], tail, program], [example, None, None], share="structure", kernels="triton")
+    assert any(s.batched and s.by_structure for s in rm.plan.segments), rm.plan
+    for sizes in ((1, 2, 3), (0, 1, 1), (2, None, 1)):
+        assert_equivalent(rm, random_inputs(rm, sizes))
