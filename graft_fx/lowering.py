@@ -17,8 +17,9 @@ patterns have a fused kernel in `graft_fx.kernels`, one rule each, applied in th
   ``kernels="triton"`` only, until a GPU shows where it beats ``torch.cat``).
 
 Per-segment parameters are stacked once per layer (`_stack_for`) and shared by the graphs of
-every subset of present fragments; `refresh` restacks them in place when the fragments' own
-tensors were updated in place, which `RealignedModule` checks before every call.
+every subset of present fragments. They are copies: `RealignedModule` lowers its graphs again
+when the fragments' own tensors were updated in place (which also re-applies the value guards,
+such as `MAX_CENTERED_MEAN`).
 
 Every rule is data (`Rule`, `RULES`, in the style of the separability table): the op a match
 ends in, a matcher that reads the nodes around it and returns the kernel op's arguments, and
@@ -100,37 +101,16 @@ class Rule:
     op: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Stack:
-    """Per-segment parameters stacked for one kernel op: ``tensors`` (what the op takes, made by
-    ``make``), made from the ``sources`` whose identities are ``ids``, in segment order (the
-    sources are kept alive: their ids must stay theirs), as of the sources' ``versions``."""
+    """Per-segment parameters stacked for one kernel op: ``tensors`` (what the op takes), made
+    from the ``sources`` whose identities are ``ids``, in segment order (the sources are kept
+    alive: their ids must stay theirs)."""
 
     kind: Any
     ids: tuple[tuple[int | None, ...], ...]
     tensors: tuple[torch.Tensor | None, ...]
     sources: tuple
-    make: Callable[[list[tuple]], tuple]
-    versions: tuple[int, ...]
-
-    def current(self) -> tuple[int, ...]:
-        """The sources' version counters now (an in-place update bumps them)."""
-        return tuple(t._version for segment in self.sources for t in segment if t is not None)
-
-
-def refresh(stacks: Sequence[_Stack]) -> None:
-    """Restack, in place, every stack whose sources were updated in place since it was made (a
-    new fine-tune loaded with ``load_state_dict``, an optimizer step), so that lowered graphs
-    read the weights the fragments hold, as the library ops do."""
-    for stack in stacks:
-        now = stack.current()
-        if now != stack.versions:
-            with torch.no_grad():
-                fresh = stack.make([tuple(None if t is None else t.detach() for t in s) for s in stack.sources])
-                for old, new in zip(stack.tensors, fresh):
-                    if old is not None:
-                        old.copy_(new)
-            stack.versions = stack.current()
 
 
 @dataclass(frozen=True)
@@ -418,9 +398,7 @@ def _stack_for(context: _Context, kind: Any, weights: list[tuple],
             return existing, positions
     with torch.no_grad():
         tensors = stack([tuple(None if t is None else t.detach() for t in segment) for segment in sources])
-    made = _Stack(kind, tuple(ids), tensors, tuple(sources), stack, ())
-    made.versions = made.current()
-    context.stacks.append(made)
+    context.stacks.append(_Stack(kind, tuple(ids), tensors, tuple(sources)))
     return context.stacks[-1], list(range(len(ids)))
 
 

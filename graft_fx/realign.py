@@ -6,6 +6,14 @@ graft's kernel ops where they pay (``lowering.py``), describe it (``plan.py``) a
 check it against separate execution on random rows (``verify.py``).
 ``RealignedModule`` checks every call's inputs against the fragments' input specs, then runs the
 graph built for the fragments present in that call (cached per set).
+
+It reads the fragments' own weight tensors, so in-place updates (``load_state_dict`` of a new
+fine-tune, an optimizer step) reach it. Alignment compared weights by value, though: two
+fragments whose weights were equal share one layer, and stacked or folded kernel arguments are
+computed from the values. So every call first compares the weights' version counters with those
+the alignment saw, and re-aligns when any moved. What torch.export captured stays as captured,
+as in an ExportedProgram: a replaced parameter object, a new hook or a train/eval switch needs
+``realign()`` again.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from .analysis import Analysis, analyze
 from .capture import InputSpec, fetch_attr
 from .errors import GraftError
 from .keys import SHARES
-from .lowering import KERNELS, lower, refresh
+from .lowering import KERNELS, lower
 from .plan import Plan, make_plan
 from .rewrite import emit
 from .verify import verify as _verify
@@ -32,22 +40,36 @@ class RealignedModule(nn.Module):
     """Runs n fragments as one graph: ``rm(x_1, ..., x_n) == (f_1(x_1), ..., f_n(x_n))``.
 
     ``x_i`` is a tensor (a tuple for a fragment with several inputs), ``None`` for an absent
-    fragment (its output is None), with any batch size, 0 included. ``kernels`` says where its
-    graphs call graft's kernel ops (`lowering.KERNELS`).
+    fragment (its output is None), with any batch size, 0 included. ``min_flops_per_byte``,
+    ``share`` and ``kernels`` are `realign`'s. Raises GraftError for an unknown ``kernels``.
     """
 
-    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], plan: Plan, kernels: str = "auto"):
+    def __init__(self, analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
+                 share: str = "weights", kernels: str = "auto"):
         super().__init__()
         if kernels not in KERNELS:
             raise GraftError(f"kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
         self._analyses = analyses
-        self._classes = classes
-        self.plan = plan
+        self._settings = (min_flops_per_byte, share)
         self.kernels = kernels
-        self._class_of = {m: c for c in classes for m in c.members}
+        self._weights = list({id(t): t for a in analyses for n in a.nodes if n.op == "get_attr"
+                              for t in [fetch_attr(a.gm, n.target)] if isinstance(t, torch.Tensor)}.values())
+        self._align()
+
+    def _align(self) -> None:
+        """Partition the fragments' nodes into classes for the weights as they are now, and drop
+        the graphs and stacked weights built for the last partition."""
+        self._versions = self._weight_versions()
+        self._classes, declined = align(self._analyses, *self._settings)
+        self.plan: Plan = make_plan(self._analyses, self._classes, declined)
+        self._class_of = {m: c for c in self._classes for m in c.members}
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
-        self._stacks: list = []  # weights stacked for segment_matmul, shared by the graphs
-        self.graph_module = self.graph_for(frozenset(range(len(analyses))))
+        self._stacks: list = []  # weights stacked for the kernel ops, shared by the graphs
+        self.graph_module = self.graph_for(frozenset(range(len(self._analyses))))
+
+    def _weight_versions(self) -> list[int]:
+        """The version counter of every weight the fragments read (an in-place update bumps it)."""
+        return [t._version for t in self._weights]
 
     @property
     def num_fragments(self) -> int:
@@ -103,8 +125,8 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
-        if self._stacks:
-            refresh(self._stacks)  # weights updated in place since the graphs were lowered
+        if self._weight_versions() != self._versions:
+            self._align()  # weights updated in place: which are equal, and what was stacked, may differ
         leaves = iter(self.graph_for(frozenset(present))(*flat) if present else ())
         outputs = []
         for f, a in enumerate(self._analyses):
@@ -221,8 +243,7 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ]
     _check_uniform(analyses)
     _check_state(analyses)
-    classes, declined = align(analyses, min_flops_per_byte, share)
-    rm = RealignedModule(analyses, classes, make_plan(analyses, classes, declined), kernels)
+    rm = RealignedModule(analyses, min_flops_per_byte, share, kernels)
     if verify:
         _verify(rm)
     return rm

@@ -91,6 +91,24 @@ def test_plain_modules_with_example_inputs_and_tuple_inputs():
     torch.testing.assert_close(b, twin(z, w))
 
 
+def test_weights_equal_at_realign_and_updated_after_stay_each_fragment_s_own():
+    """Two copies with equal weights share one layer; a fine-tune then loaded into one of them
+    (in place, as ``load_state_dict`` does) must reach its outputs alone: the module re-aligns."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    b = copy.deepcopy(a)
+    rm = graft_fx.realign([a, b], [torch.randn(2, 8)] * 2, min_flops_per_byte=0)
+    assert any(s.batched for s in rm.plan.segments)
+    tuned = copy.deepcopy(a)
+    with torch.no_grad():
+        tuned[2].weight.add_(1.0)
+    b.load_state_dict(tuned.state_dict())
+    x, y = torch.randn(3, 8), torch.randn(2, 8)
+    out_a, out_b = rm(x, y)
+    torch.testing.assert_close(out_a, a(x))
+    torch.testing.assert_close(out_b, b(y))
+
+
 def test_a_layer_feeding_different_users_is_not_shared():
     """Sharing grows back from the outputs: a common layer followed by different ones stays apart."""
     torch.manual_seed(0)

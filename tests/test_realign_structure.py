@@ -235,7 +235,7 @@ def test_graphs_for_subsets_of_fragments_reuse_one_stack_per_layer():
 
 def test_weights_updated_in_place_after_realign_reach_the_lowered_graphs():
     """Found by review: the stacked weights were a snapshot, so a fine-tune loaded after
-    realign changed the library path's outputs but not the kernels'."""
+    realign changed the library path's outputs but not the kernels'. The module re-aligns."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)).eval()
     copies = fine_tuned(model, 3)
@@ -270,6 +270,23 @@ def test_a_batch_norm_with_a_large_mean_keeps_eager_s_own_op():
                           min_flops_per_byte=0)
     assert any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
     assert_equivalent(rm, tuple(x / 2000 for x in xs))
+
+
+def test_statistics_loaded_after_realign_are_guarded_as_at_realign():
+    """Found by review: new statistics with a large mean, loaded into a lowered module, went on
+    through ``segment_affine``. The module re-aligns and re-lowers, so the guard sees them."""
+    torch.manual_seed(0)
+    copies = fine_tuned(nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 4)).eval(), 3, 0.05)
+    rm = graft_fx.realign(copies, [torch.randn(2, 16)] * 3, share="structure", kernels="triton",
+                          min_flops_per_byte=0)
+    assert any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
+    with torch.no_grad():
+        for m in copies:
+            m[0].running_mean.fill_(2e4)
+            m[0].running_var.fill_(100.0)
+    xs = tuple(2e4 + 10 * torch.randn(5, 16) for _ in copies)
+    assert_equivalent(rm, xs)
+    assert not any("segment_affine" in str(n.target) for n in rm.graph_module.graph.nodes)
 
 
 def test_fragments_given_as_modules_graph_modules_and_exported_programs():
