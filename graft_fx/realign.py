@@ -52,8 +52,10 @@ class RealignedModule(nn.Module):
         self._analyses = analyses
         self._settings = (min_flops_per_byte, share)
         self.kernels = kernels
+        state = {id(t) for a in analyses for t in a.state.values()}  # updated by the fragments as they run
         self._weights = list({id(t): t for a in analyses for n in a.nodes if n.op == "get_attr"
-                              for t in [fetch_attr(a.gm, n.target)] if isinstance(t, torch.Tensor)}.values())
+                              for t in [fetch_attr(a.gm, n.target)]
+                              if isinstance(t, torch.Tensor) and id(t) not in state}.values())
         self._align()
 
     def _align(self) -> None:
@@ -68,7 +70,9 @@ class RealignedModule(nn.Module):
         self.graph_module = self.graph_for(frozenset(range(len(self._analyses))))
 
     def _weight_versions(self) -> list[int]:
-        """The version counter of every weight the fragments read (an in-place update bumps it)."""
+        """The version counter of every weight the fragments read (an in-place update bumps it),
+        but the state they update themselves (train-mode running statistics: never shared, never
+        compared by value)."""
         return [t._version for t in self._weights]
 
     @property
@@ -125,7 +129,7 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
-        if self._weight_versions() != self._versions:
+        if not torch.compiler.is_compiling() and self._weight_versions() != self._versions:
             self._align()  # weights updated in place: which are equal, and what was stacked, may differ
         leaves = iter(self.graph_for(frozenset(present))(*flat) if present else ())
         outputs = []
