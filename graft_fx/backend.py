@@ -1,0 +1,318 @@
+"""The ``graft`` torch.compile backend: realign the fragments one captured graph runs.
+
+A serving loop that runs several fragments in one compiled function, ``return tail_a(xa),
+tail_b(xb)``, hands Dynamo one graph holding all of them. The backend finds them there and
+realigns them with the same passes as `graft_fx.realign`, so a user gets re-alignment from
+``torch.compile(fn, backend="graft")`` without changing the code:
+
+1. **Split the graph into fragments** (`fragments_of`). A placeholder is a *weight* when Dynamo
+   lifted it from a module's parameters or buffers, a *size* when it is a SymInt, else *data*
+   (rows). Nodes are joined into components through the values they compute from data; weights,
+   sizes and values computed from weights alone do not join anything (two tails of one model
+   read the same weight placeholders). A component that reads data and produces graph outputs
+   is a fragment. Every output must come from exactly one fragment; otherwise (``a(x) + b(y)``)
+   the graph has no independent fragments.
+2. **Give each fragment its own GraphModule**: its data placeholders become its inputs, its
+   weights become the module's own parameters and buffers (the very tensors the caller's
+   modules hold, so in-place updates reach them), size placeholders become ``x.size(d)`` of
+   the data input that carries that size.
+3. **Realign** them on the first call (`graft_fx.realign`: each fragment is exported to ATen
+   by torch.export, which is the seam the realignment passes work at, and by default verified
+   against the fragment run eagerly), and compile the RealignedModule with the inner compiler
+   (Inductor by default, ``options={"compiler": "aot_eager"}`` for debugging). Not while Dynamo
+   compiles: see `_Realigned`.
+
+A graph with fewer than two fragments goes to the inner compiler unchanged; so do fragments
+that share no layer, or that realign refuses (a GraftError, reported as a RuntimeWarning), on
+their first call. ``torch._dynamo.utils.counters["graft"]["realign"]`` counts the graphs
+realigned.
+
+Every call checks that the weights Dynamo passes are the tensors it realigned (a parameter
+replaced by a new object is passed as a new input without a recompilation) and that none was
+updated in place since (`RealignedModule.weights_updated`: weights equal at the alignment may
+differ now), and realigns again if either happened.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.utils._pytree as pytree
+from torch._dynamo.backends.registry import lookup_backend, register_backend
+from torch._dynamo.backends import registry
+from torch._dynamo.source import is_from_unspecialized_param_buffer_source
+from torch._dynamo.utils import counters
+
+from .errors import GraftError
+from .realign import RealignedModule, realign
+
+NAME = "graft"
+COMPILERS = ("inductor", "aot_eager", "eager")
+"""What compiles the realigned module (``options={"compiler": ...}``)."""
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One independent fragment of a captured graph: ``gm`` takes ``data`` (positions in the
+    captured graph's inputs) in order and returns a tuple of the values of ``outputs``
+    (positions in the captured graph's output tuple). ``weights``: the positions of the
+    captured graph's weight inputs it reads, with the tensors it was built with."""
+
+    gm: fx.GraphModule
+    data: tuple[int, ...]
+    outputs: tuple[int, ...]
+    weights: tuple[tuple[int, torch.Tensor], ...]
+
+
+def _kind(node: fx.Node, example: Any) -> str:
+    """``"weight"``, ``"size"`` or ``"data"`` for a placeholder (module docstring)."""
+    if not isinstance(example, torch.Tensor):
+        return "size"
+    arg = node.meta.get("grapharg")
+    source = getattr(arg, "source", None)
+    if isinstance(example, nn.Parameter) or (source is not None and is_from_unspecialized_param_buffer_source(source)):
+        return "weight"
+    return "data"
+
+
+class _Components:
+    """Union-find over nodes."""
+
+    def __init__(self) -> None:
+        self.parent: dict[fx.Node, fx.Node] = {}
+
+    def find(self, n: fx.Node) -> fx.Node:
+        self.parent.setdefault(n, n)
+        while self.parent[n] is not n:
+            self.parent[n] = self.parent[self.parent[n]]
+            n = self.parent[n]
+        return n
+
+    def union(self, a: fx.Node, b: fx.Node) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Fragment]:
+    """The independent fragments of a Dynamo-captured graph (module docstring, step 1-2), in
+    order of their first output; an empty list when the graph is not made of independent
+    fragments that each read data and produce outputs."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    kinds = {n: _kind(n, x) for n, x in zip(placeholders, example_inputs)}
+    on_rows: set[fx.Node] = {n for n in placeholders if kinds[n] == "data"}  # computed from data
+    parts = _Components()
+    for n in gm.graph.nodes:
+        if n.op in ("call_function", "call_method", "call_module"):
+            inputs = [a for a in n.all_input_nodes if a in on_rows]
+            if inputs:
+                on_rows.add(n)
+                for a in inputs:
+                    parts.union(n, a)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    leaves = pytree.tree_leaves(output.args[0])
+    if not all(isinstance(x, fx.Node) and x in on_rows and x.op != "placeholder" for x in leaves):
+        return []  # an output computed from weights or sizes alone, a bare input, or a literal
+    roots: dict[fx.Node, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        roots.setdefault(parts.find(leaf), []).append(i)
+    if len(roots) < 2 or not isinstance(output.args[0], (tuple, list)) or len(output.args[0]) != len(leaves):
+        return []
+    data_of = {root: [p for p in placeholders if kinds[p] == "data" and parts.find(p) is root] for root in roots}
+    if sum(map(len, data_of.values())) != sum(kinds[p] == "data" for p in placeholders):
+        return []  # a data input no output depends on: its component is not a fragment
+    position = {n: i for i, n in enumerate(placeholders)}
+    fragments = []
+    for root, outputs in roots.items():
+        members = {n for n in on_rows if parts.find(n) is root}
+        made = _extract(gm, members, data_of[root], [leaves[i] for i in outputs], kinds, example_inputs, position)
+        if made is None:
+            return []
+        fragment_gm, weights = made
+        fragments.append(Fragment(fragment_gm, tuple(position[p] for p in data_of[root]), tuple(outputs), weights))
+    return fragments
+
+
+def _extract(gm: fx.GraphModule, members: set[fx.Node], data: list[fx.Node], outputs: list[fx.Node],
+             kinds: dict[fx.Node, str], example_inputs: Sequence[Any], position: dict[fx.Node, int]
+             ) -> tuple[fx.GraphModule, tuple[tuple[int, torch.Tensor], ...]] | None:
+    """One fragment's GraphModule: ``members`` (its nodes on rows) and the nodes on weights and
+    sizes they read, copied in graph order; None if a size cannot be found on its data."""
+    needed: set[fx.Node] = set()
+    stack = list(members)
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack += n.all_input_nodes
+    root = nn.Module()
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for p in data:
+        env[p] = graph.placeholder(p.name)
+    weights = []
+    for n in gm.graph.nodes:
+        if n not in needed or n in env:
+            continue
+        if n.op == "placeholder" and kinds[n] == "weight":
+            tensor = example_inputs[position[n]]
+            name = f"w{len(weights)}"
+            _attach(root, name, tensor)
+            weights.append((position[n], tensor))
+            env[n] = graph.get_attr(name)
+        elif n.op == "placeholder":  # a size: the size of a data input's dim that carries it
+            found = _size_of(n, data, env, graph)
+            if found is None:
+                return None
+            env[n] = found
+        elif n.op == "get_attr":
+            setattr(root, n.target.replace(".", "_"), getattr(gm, n.target))
+            env[n] = graph.get_attr(n.target.replace(".", "_"))
+        elif n.op == "call_module":
+            root.add_module(n.target.replace(".", "_"), gm.get_submodule(n.target))
+            env[n] = graph.create_node("call_module", n.target.replace(".", "_"),
+                                       *fx.node.map_arg((n.args, n.kwargs), env.__getitem__), name=n.name)
+        else:
+            env[n] = graph.node_copy(n, env.__getitem__)
+    graph.output(tuple(env[o] for o in outputs))
+    return fx.GraphModule(root, graph), tuple(weights)
+
+
+def _size_of(size: fx.Node, data: list[fx.Node], env: dict[fx.Node, fx.Node], graph: fx.Graph) -> fx.Node | None:
+    """``x.size(d)`` for the first data input ``x`` whose dim ``d`` is the SymInt ``size``."""
+    value = size.meta.get("example_value")
+    expr = getattr(getattr(value, "node", None), "expr", None)
+    for p in data:
+        shape = getattr(p.meta.get("example_value"), "shape", ())
+        for d, s in enumerate(shape):
+            if expr is not None and getattr(getattr(s, "node", None), "expr", None) == expr:
+                return graph.call_method("size", (env[p], d))
+    return None
+
+
+class _Realigned:
+    """The compiled function of a graph of independent fragments: the captured graph's inputs
+    in, its outputs (in its order) out.
+
+    It realigns on its first call, not when Dynamo compiles: exporting with a dynamic batch
+    inside a backend breaks the guards Dynamo is building for the frame ("guard failed on the
+    same frame it was created"). ``build(fragments, args)`` realigns the fragments for inputs
+    like ``args`` and compiles the result (both returned), or returns None when they share
+    nothing; then, or when realign
+    refuses them (a RuntimeWarning says why), ``fallback()`` compiles the captured graph
+    unchanged.
+    """
+
+    def __init__(self, fragments: list[Fragment], num_outputs: int,
+                 build: Callable[[list[Fragment], Sequence[Any]], tuple[RealignedModule, Callable] | None],
+                 fallback: Callable[[], Callable]):
+        self.fragments = fragments
+        self.num_outputs = num_outputs
+        self.build = build
+        self.fallback = fallback
+        self.rm: RealignedModule | None = None
+        self.module: Callable | None = None  # rm, compiled
+        self.unchanged: Callable | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.unchanged is not None:
+            return self.unchanged(*args)
+        if self.rm is None or any(args[i] is not t for f in self.fragments for i, t in f.weights):
+            self._realign(args)
+            if self.unchanged is not None:
+                return self.unchanged(*args)
+        elif self.rm.weights_updated():
+            self._realign(args)  # compiled, the module cannot re-align itself (`RealignedModule.forward`)
+        results = self.module(*_inputs(self.fragments, args))
+        out: list[Any] = [None] * self.num_outputs
+        for f, values in zip(self.fragments, results):
+            for i, v in zip(f.outputs, values):
+                out[i] = v
+        return tuple(out)
+
+    def _realign(self, args: Sequence[Any]) -> None:
+        """Realign the fragments with the weights passed now: on the first call, and after a
+        parameter was replaced by a new tensor (Dynamo passes it without recompiling; which
+        weights are equal may have changed)."""
+        fragments = []
+        for f in self.fragments:
+            for k, (i, _) in enumerate(f.weights):
+                _attach(f.gm, f"w{k}", args[i])
+            fragments.append(Fragment(f.gm, f.data, f.outputs, tuple((i, args[i]) for i, _ in f.weights)))
+        try:
+            module = self.build(fragments, args)
+        except GraftError as e:
+            warnings.warn(f"graft backend: {len(fragments)} fragments not realigned ({e}); running the graph "
+                          "unchanged", RuntimeWarning, stacklevel=3)
+            module = None
+        if module is None:
+            self.unchanged = self.fallback()
+            return
+        counters["graft"]["realign"] += 1
+        self.fragments, (self.rm, self.module) = fragments, module
+
+
+def _attach(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Make ``tensor`` the module's ``name``: a parameter if it is one, else a buffer."""
+    if name in root._parameters:
+        del root._parameters[name]
+    if name in root._buffers:
+        del root._buffers[name]
+    if isinstance(tensor, nn.Parameter):
+        root.register_parameter(name, tensor)
+    else:
+        root.register_buffer(name, tensor)
+
+
+def _example(x: torch.Tensor) -> torch.Tensor:
+    """Two rows like ``x``'s for `realign` to capture with (it reads their shapes, dtypes and
+    devices): a copy, as export marks its examples, and two rows, as it specializes 0 and 1."""
+    if x.shape[0] >= 2:
+        return x[:2].detach().clone()
+    return torch.zeros((2, *x.shape[1:]), dtype=x.dtype, device=x.device)
+
+
+def _inputs(fragments: list[Fragment], args: Sequence[Any]) -> list[Any]:
+    """The RealignedModule's inputs: per fragment, its data tensor, or a tuple of several."""
+    inputs = [tuple(args[i] for i in f.data) for f in fragments]
+    return [x[0] if len(x) == 1 else x for x in inputs]
+
+
+def graft(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | None = None, **_: Any) -> Callable:
+    """The ``graft`` backend (module docstring). ``options``: ``compiler`` (one of `COMPILERS`,
+    default ``"inductor"``), ``verify`` (default True: check the realigned module against the
+    fragments run eagerly, as `realign` does), and `realign`'s ``min_flops_per_byte``,
+    ``kernels`` and ``share``. Raises GraftError for an unknown option."""
+    options = dict(options or {})
+    compiler = options.pop("compiler", "inductor")
+    if compiler not in COMPILERS:
+        raise GraftError(f"graft backend: compiler={compiler!r}: expected one of {', '.join(COMPILERS)}")
+    unknown = set(options) - {"verify", "min_flops_per_byte", "kernels", "share"}
+    if unknown:
+        raise GraftError(f"graft backend: unknown option(s) {sorted(unknown)}; expected compiler, verify, "
+                         "min_flops_per_byte, kernels, share")
+    inner = lookup_backend(compiler)
+    fragments = fragments_of(gm, example_inputs)
+
+    def build(fragments: list[Fragment], args: Sequence[Any]) -> tuple[RealignedModule, Callable] | None:
+        rm = realign([f.gm for f in fragments], [pytree.tree_map(_example, x) for x in _inputs(fragments, args)],
+                     **options)
+        if not any(s.batched for s in rm.plan.segments):
+            return None
+        return rm, (rm if compiler == "eager" else torch.compile(rm, backend=compiler))
+
+    if not fragments:
+        return inner(gm, example_inputs)
+    num_outputs = len(pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args[0]))
+    return _Realigned(fragments, num_outputs, build, lambda: gm if compiler == "eager" else torch.compile(gm, backend=compiler))
+
+
+def register() -> None:
+    """Register `graft` as torch.compile's ``"graft"`` backend, unless it is registered already or
+    torch is loading it through the ``torch_dynamo_backends`` entry point right now (it registers
+    what it loads: registering here too would be a duplicate)."""
+    if NAME not in registry._COMPILER_FNS and registry._BACKENDS.get(NAME) is None:
+        register_backend(graft, name=NAME)

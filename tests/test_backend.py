@@ -1,0 +1,193 @@
+"""The ``graft`` torch.compile backend: fragments found in one captured graph, realigned."""
+
+import copy
+import warnings
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torch._dynamo.utils import counters
+
+import graft_fx
+from graft_fx.backend import fragments_of
+from graft_fx.testing import fine_tuned
+from models import ResidualNet, example, fragments, seeded
+
+DEBUG = {"compiler": "aot_eager", "min_flops_per_byte": 0}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def compiled(fn, **options):
+    return torch.compile(fn, backend="graft", options={**DEBUG, **options}, fullgraph=True)
+
+
+def check(fn, reference, *inputs):
+    """``fn(*inputs)`` equals ``reference(*inputs)`` leaf by leaf."""
+    for got, want in zip(fn(*inputs), reference(*inputs), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_backend_is_registered_on_import_and_as_an_entry_point():
+    assert "graft" in torch._dynamo.list_backends()
+    points = entry_points(group="torch_dynamo_backends")
+    assert [p.value for p in points if p.name == "graft"] == ["graft_fx.backend:graft"]
+
+
+def test_two_tails_of_one_model_are_realigned_and_equal_eager_at_every_batch_size():
+    model = mlp()
+    short, long = model[2:], model
+
+    def serve(xa, xb):
+        return short(xa), long(xb)
+
+    fn = compiled(serve)
+    for na, nb in ((3, 5), (4, 6), (1, 1), (7, 2), (0, 3), (2, 0)):
+        check(fn, serve, torch.randn(na, 32), torch.randn(nb, 8))
+    assert counters["graft"]["realign"] >= 1
+
+
+def test_dynamic_batch_sizes_do_not_recompile_on_every_call():
+    model = mlp()
+
+    def serve(xa, xb):
+        return model[2:](xa), model(xb)
+
+    fn = compiled(serve)
+    for n in range(2, 12):
+        check(fn, serve, torch.randn(n, 32), torch.randn(n + 3, 8))
+    assert counters["graft"]["realign"] <= 2  # the first (static) graph, then one dynamic graph
+    assert counters["stats"]["unique_graphs"] <= 4
+
+
+def test_split_tails_of_a_residual_net_realign_through_the_backend():
+    (head_a, head_b), (a, b) = fragments(seeded(ResidualNet), [1, 3])
+
+    def serve(x, y):
+        return a(x), b(y)
+
+    check(compiled(serve), serve, head_a(example(3)), head_b(example(2)))
+    assert counters["graft"]["realign"] == 1
+
+
+def test_fine_tuned_copies_share_by_structure_when_asked():
+    copies = fine_tuned(mlp(), 3)
+
+    def serve(x, y, z):
+        return copies[0](x), copies[1](y), copies[2](z)
+
+    xs = (torch.randn(3, 8), torch.randn(1, 8), torch.randn(4, 8))
+    check(compiled(serve, share="structure"), serve, *xs)
+    assert counters["graft"]["realign"] == 1
+    torch._dynamo.reset()
+    counters.clear()
+    check(compiled(serve), serve, *xs)  # by value, nothing is equal: compiled unchanged
+    assert counters["graft"]["realign"] == 0
+
+
+def test_a_weight_updated_in_place_after_compiling_reaches_the_outputs():
+    a = mlp()
+    b = copy.deepcopy(a)
+
+    def serve(x, y):
+        return a(x), b(y)
+
+    fn = compiled(serve)
+    x, y = torch.randn(3, 8), torch.randn(5, 8)
+    check(fn, serve, x, y)
+    with torch.no_grad():
+        b[0].weight.add_(1.0)  # the suffix after it stays equal, and shared
+    check(fn, serve, x, y)
+    assert counters["graft"]["realign"] == 2
+
+
+def test_a_replaced_parameter_reaches_the_outputs():
+    a = mlp()
+    b = copy.deepcopy(a)
+
+    def serve(x, y):
+        return a(x), b(y)
+
+    fn = compiled(serve)
+    x, y = torch.randn(3, 8), torch.randn(5, 8)
+    check(fn, serve, x, y)
+    b[0].weight = nn.Parameter(b[0].weight.detach() + 1.0)
+    check(fn, serve, x, y)
+
+
+@pytest.mark.parametrize("serve", [
+    lambda model, x, y: (model(x),),                      # one fragment
+    lambda model, x, y: (model(x) + model(y),),           # outputs that join the fragments
+    lambda model, x, y: (model(x), y * 2),                # a fragment without layers to share
+], ids=["one fragment", "joined outputs", "nothing shared"])
+def test_graphs_with_nothing_to_realign_compile_unchanged(serve):
+    model = mlp()
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check(compiled(lambda x, y: serve(model, x, y)), lambda x, y: serve(model, x, y), x, y)
+    assert counters["graft"]["realign"] == 0
+
+
+def test_fragments_of_finds_one_fragment_per_independent_output_group():
+    model = mlp()
+
+    def serve(xa, xb):
+        return model[2:](xa), model(xb), model(xb).sum(1)
+
+    found = []
+
+    def spy(gm, example_inputs):
+        found.extend(fragments_of(gm, example_inputs))
+        return gm.forward
+
+    torch.compile(serve, backend=spy)(torch.randn(3, 32), torch.randn(4, 8))
+    assert sorted(f.outputs for f in found) == [(0,), (1, 2)]
+    assert all(len(f.data) == 1 for f in found)
+
+
+def test_an_unknown_option_is_a_clear_error():
+    with pytest.raises(Exception, match="unknown option"):
+        compiled(lambda x: (x * 2,), bogus=1)(torch.randn(2))
+    with pytest.raises(Exception, match="compiler='tvm'"):
+        compiled(lambda x: (x * 2,), compiler="tvm")(torch.randn(2))
+
+
+def test_torchvision_tails_realigned_by_the_backend_equal_eager():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    cuts = graft_fx.cut_points(model, x)
+    (head_a, a), (head_b, b) = (graft_fx.split(model, cuts[i], x) for i in (len(cuts) - 6, len(cuts) - 3))
+
+    def serve(u, v):
+        return a(u), b(v)
+
+    fn = compiled(serve)
+    for na, nb in ((2, 3), (1, 0)):
+        check(fn, serve, head_a(torch.randn(na, 3, 64, 64)), head_b(torch.randn(nb, 3, 64, 64)))
+    assert counters["graft"]["realign"] >= 1
+
+
+def test_inductor_compiles_the_realigned_module():
+    model = mlp()
+
+    def serve(xa, xb):
+        return model[2:](xa), model(xb)
+
+    fn = torch.compile(serve, backend="graft", options={"min_flops_per_byte": 0}, fullgraph=True)
+    check(fn, serve, torch.randn(3, 32), torch.randn(5, 8))
+    assert counters["graft"]["realign"] == 1
