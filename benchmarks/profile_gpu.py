@@ -12,6 +12,7 @@ set, in the format `graft_fx.serving.profiles` reads; it is device data: ship it
 graft_fx/serving/data/profiles/ or commit it under benchmarks/ with the device it came from.
 
     python benchmarks/profile_gpu.py --out graft_fx/serving/data/profiles/h200.json
+    python benchmarks/profile_gpu.py --executor cudagraphs --out graft_fx/serving/data/profiles/h200_cudagraphs.json
     python benchmarks/profile_gpu.py --device cpu --models resnet50 --batches 1,2 --sms 0 --reps 2
 """
 
@@ -24,7 +25,7 @@ import time
 import torch
 
 from graft_fx.serving import zoo
-from graft_fx.serving.measure import document, measure
+from graft_fx.serving.measure import EXECUTORS, document, measure
 from graft_fx.serving.profiles import PRECISIONS
 
 
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--precision", default="default", choices=sorted(PRECISIONS),
                    help="default: float32 with TF32 convolutions and FP32 matmuls, PyTorch's defaults")
+    p.add_argument("--executor", default="eager", choices=sorted(EXECUTORS),
+                   help="how each piece runs while timed (graft_fx.serving.measure.EXECUTORS); "
+                        "cudagraphs: compiled per batch size and replayed as CUDA graphs")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -50,7 +54,7 @@ def main() -> None:
         model, example = zoo.build(name)
         profiles.append(measure(model, example, name, pieces=args.pieces, batches=batches,
                                 device=args.device, reps=args.reps, warmup=args.warmup,
-                                sms=sms if on_gpu else None, precision=args.precision))
+                                sms=sms if on_gpu else None, precision=args.precision, executor=args.executor))
         sides[name] = {"input_side": example.shape[-1]}
         print(f"{name}: {len(profiles[-1].pieces)} pieces in {time.time() - started:.1f} s", flush=True)
         if on_gpu:

@@ -51,6 +51,16 @@ from ..errors import GraftError
 from .pieces import select
 from .profiles import PRECISIONS, Profile, memory_fields
 
+EXECUTORS: dict[str, Callable[[torch.nn.Module], Callable]] = {
+    "eager": lambda module: module,
+    "compiled": lambda module: torch.compile(module, dynamic=False),
+    "cudagraphs": lambda module: torch.compile(module, mode="reduce-overhead", dynamic=False),
+}
+"""How a piece runs while it is timed: as eager PyTorch, compiled by Inductor for each batch
+size (static shapes), or compiled and replayed as a CUDA graph (``mode="reduce-overhead"``),
+which removes the launch cost that dominates small batches on a GPU. A compiled executor is
+warmed up at every batch size before it is timed (``warmup`` counts the runs after the first)."""
+
 # precision (`profiles.PRECISIONS`) -> (cudnn.allow_tf32, cuda.matmul.allow_tf32, dtype to cast to)
 _SWITCHES = {
     "default": (True, False, None),
@@ -157,19 +167,19 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
             batches: Sequence[int] = (1, 2, 4, 8, 16), device: str | torch.device = "cpu",
             reps: int = 10, warmup: int = 3, sms: Sequence[int] | None = None,
             cores: Sequence[int] | None = None, precision: str = "default",
-            progress: Progress | None = None) -> Profile:
+            executor: str = "eager", progress: Progress | None = None) -> Profile:
     """A measured `Profile` of ``model`` (``example``: an input with a batch dim 0, any size).
 
     ``sms``: SM counts to time at on a GPU (0 or the device's count: the whole device; default:
     the whole device only); not on a CPU. ``cores``: thread counts to time at on a CPU (each in
     ``1 .. torch.get_num_threads()``; default: all threads only); not on a GPU. ``precision`` is one of `profiles.PRECISIONS` (see the module
-    docstring). ``progress`` receives one step per timed (piece, share,
+    docstring). ``executor`` is one of `EXECUTORS` (``"cudagraphs"`` on CUDA only). ``progress`` receives one step per timed (piece, share,
     batch) cell: it is called with the number of steps done, or, if it has an ``update`` method
     (a tqdm bar), that is called. If it has a ``total`` attribute, ``measure`` adds its own
     number of steps to it once the pieces are known, so one bar can follow several models.
 
     The model is left where it is: on another device the pieces run on a copy. ``meta`` holds
-    ``torch``, ``dtype``, ``precision``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
+    ``torch``, ``dtype``, ``precision``, ``executor``, ``timing`` (what was timed, how), ``sm_count`` and ``sm_counts`` (the
     device's SMs and those of each share, 0 for the whole device; None on a CPU), ``cores``
     (on a CPU, the thread count of each share, ascending; None on a GPU), ``raw_latency_s`` (the medians before the profile made them monotone) and, where a share
     could not be made, ``share_errors``.
@@ -181,6 +191,8 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         raise GraftError(f"reps={reps}, warmup={warmup}: expected reps >= 1 and warmup >= 0")
     if precision not in PRECISIONS:
         raise GraftError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if executor not in EXECUTORS or (executor == "cudagraphs" and device.type != "cuda"):
+        raise GraftError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)} (cudagraphs on CUDA only)")
     batches = sorted({int(b) for b in batches})
     sel = select(model, example, pieces)
     modules = sel.modules()
@@ -217,7 +229,7 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         try:
             with _precision(precision):
                 cells = _time_share(sel, modules, share_of(count), device, batches, timed, reps, warmup,
-                                    cast, progress)
+                                    cast, EXECUTORS[executor], progress)
         except Exception as e:  # noqa: BLE001 - a share of a GPU that cannot be made is data too
             if total_sms is None or count == total_sms:
                 raise
@@ -230,6 +242,7 @@ def measure(model: Any, example: Any, name: str, *, pieces: int = 10,
         raise GraftError(f"no share could be measured: {errors}")
     shares = [c / total for c in kept]
     meta = {"torch": torch.__version__, "dtype": str(cast or sel.row_dtype(0)).replace("torch.", ""),
+            "executor": executor,
             "precision": f"{precision}: " + (PRECISIONS[precision] if device.type == "cuda" or precision == "bf16"
                                              else "float32 (a CPU has no TF32)"),
             "timing": (f"median and p99 of {reps} after {warmup} warm-up, "
@@ -341,17 +354,21 @@ def _precision(precision: str):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _time_share(sel, modules, share, device, batches, timed, reps, warmup, cast, progress):
-    """``(median[piece][batch], p99[piece][batch])`` inside the context ``share`` (SMs or threads)."""
+def _time_share(sel, modules, share, device, batches, timed, reps, warmup, cast, execute, progress):
+    """``(median[piece][batch], p99[piece][batch])`` inside the context ``share`` (SMs or threads),
+    each piece run as ``execute(piece)`` (`EXECUTORS`)."""
     med, tail = [], []
     with share, torch.inference_mode():
         for i, module in enumerate(modules):
             shape, dtype = sel.pieces[i].row_shape, sel.row_dtype(i)
             dtype = cast if cast is not None and dtype.is_floating_point else dtype
+            run = execute(module)
             row_m, row_t = [], []
             for b in batches:
                 x = _rows(b, shape, dtype, device)
-                times = timed(lambda: module(x), reps, warmup)
+                if run is not module:
+                    run(x)  # compiles for this batch size, outside the timed runs
+                times = timed(lambda: run(x), reps, warmup)
                 row_m.append(statistics.median(times))
                 row_t.append(float(np.percentile(times, 99)))
                 _advance(progress, 1)
@@ -403,5 +420,5 @@ def document(profiles: Sequence[Profile], **extra: Any) -> dict[str, Any]:
         models[p.model] = {**models_extra.get(p.model, {}), "pieces": pieces}
     meta = first.meta
     return {"device": first.device, "sm_count": sm_count, "source": first.source,
-            **{k: meta[k] for k in ("torch", "dtype", "precision", "timing") if k in meta},
+            **{k: meta[k] for k in ("torch", "dtype", "precision", "executor", "timing") if k in meta},
             "batches": batches, **extra, "models": models, "share_errors": errors}

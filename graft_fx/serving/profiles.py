@@ -359,7 +359,7 @@ def from_json(doc: Any, model: str, source: str | None = None) -> Profile:
     p99 = None
     if all(isinstance(p, Mapping) and "latency_p99_ms" in p for p in pieces_doc):
         p99 = np.array([_cells(p, "latency_p99_ms", share_keys, batches, w) for p, w in zip(pieces_doc, where)])
-    meta = {k: doc[k] for k in ("torch", "dtype", "precision", "timing") if k in doc}
+    meta = {k: doc[k] for k in ("torch", "dtype", "precision", "executor", "timing") if k in doc}
     return Profile(model, str(doc.get("device", "unknown device")), source or str(doc.get("source", "loaded")),
                    pieces, np.array([shares[k] for k in share_keys]), np.array(batches), latency, p99, meta)
 

@@ -171,3 +171,31 @@ def test_a_profile_scales_only_by_one_positive_factor_per_share(measured):
         profile.scaled([1.0] * (len(profile.shares) + 1), "too many")
     with pytest.raises(GraftError, match="one positive number per share"):
         profile.scaled([0.0] * len(profile.shares), "zero")
+
+
+def test_a_compiled_executor_times_each_piece_compiled_once_per_batch_size(monkeypatch):
+    """The executor wraps each piece once; each batch size compiles outside the timed runs (a
+    counting backend stands in for Inductor, whose compile is slow on a small CPU)."""
+    from graft_fx.serving import measure as measuring
+
+    compiles = []
+
+    def counting(gm, example_inputs):
+        compiles.append(tuple(example_inputs[-1].shape) if example_inputs else ())
+        return gm.forward
+
+    monkeypatch.setitem(measuring.EXECUTORS, "compiled",
+                        lambda module: torch.compile(module, backend=counting, dynamic=False))
+    torch._dynamo.reset()
+    p = measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1, 2, 4), reps=3, warmup=1, executor="compiled")
+    torch._dynamo.reset()
+    assert p.meta["executor"] == "compiled"
+    assert len(compiles) == len(p.pieces) * 3  # one graph per piece and batch size: none while timed
+    assert np.all(p.latency_s > 0)
+
+
+def test_cuda_graphs_are_refused_on_a_cpu_and_unknown_executors_everywhere():
+    with pytest.raises(GraftError, match="cudagraphs on CUDA only"):
+        measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, executor="cudagraphs")
+    with pytest.raises(GraftError, match="executor 'tvm'"):
+        measure(net(), EXAMPLE, "tiny", pieces=2, batches=(1,), reps=1, executor="tvm")
