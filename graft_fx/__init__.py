@@ -10,12 +10,12 @@ from .capture import InputSpec
 from .cuts import CutPoint, cut_points, split
 from .errors import GraftError, TraceError
 from .plan import Plan, Segment, Unshared
-from .realign import RealignedModule, realign
+from .realign import PaddedRealignedModule, RealignedModule, realign
 from .backend import register as _register_backend
 
 _register_backend()
 
 __all__ = [
-    "CutPoint", "GraftError", "InputSpec", "Plan", "RealignedModule", "Segment", "TraceError", "Unshared",
+    "CutPoint", "GraftError", "InputSpec", "PaddedRealignedModule", "Plan", "RealignedModule", "Segment", "TraceError", "Unshared",
     "cut_points", "realign", "split",
 ]

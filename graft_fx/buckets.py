@@ -5,7 +5,9 @@ size per capture. A realigned group sees every mix of its fragments' batch sizes
 capture (or compile) without end. Padding each fragment's rows up to the next *bucket* (1, 2, 4,
 8, ...) bounds the shapes it can see to ``len(buckets) ** k`` for k fragments, and the padding
 rows are dropped from the outputs. That is exact only where every node treats rows
-independently: a padding row must never reach a real row's value (``RealignedModule`` checks).
+independently: a padding row must never reach a real row's value. ``padding_refusal`` says where
+it would (``realign(..., buckets=...)`` refuses such fragments), ``pad_rows`` pads one input and
+``output_layouts`` says where each output keeps the rows to take back.
 
 The price of a padded batch is the latency of its bucketed size, which is what the planner and
 the profiles must charge when padding is on.
@@ -15,7 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.fx as fx
+
+from .analysis import Analysis
+from .capture import layer_name
 from .errors import GraftError
+from .rows import Layout
+from .separable import Role, draws_random
 
 POWERS_OF_TWO: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """The default buckets; a batch of more rows than the largest runs at its own size."""
@@ -37,3 +46,79 @@ def bucketed(rows: int, buckets: Sequence[int]) -> int:
     if rows == 0:
         return 0
     return next((b for b in buckets if b >= rows), rows)
+
+
+# --- padding a realigned module's fragments ---------------------------------------------------
+
+
+def padding_refusal(analysis: Analysis) -> str | None:
+    """Why padding ``analysis``'s rows would not be exact, or None when it is.
+
+    Padding appends copies of a real row to a fragment's batch and drops the rows it appended
+    from the outputs; the real rows' outputs stay as they were only where no node lets one row
+    reach another. So it refuses, naming the first offending node in graph order:
+
+    * a node that draws random numbers (dropout in training mode, ``torch.rand_like``): the
+      padding rows would draw from the random stream too, so the real rows would get other
+      draws than they get unpadded under the same seed, and no check could tell;
+    * a node that is not batch-separable (role PRIVATE: a reduction over the batch, an op outside
+      the rule table) or runs per fragment on the whole batch (role PRIVATE_ROWS: batch norm with
+      batch statistics, softmax over the batch, the batch size used as a value), whose real rows
+      would see the padding rows or the padded batch size;
+    * an output computed from the batch size (``x.shape[0]``), which would report the padded size;
+    * an update of the fragment's own state (``Analysis.state``: a train-mode batch norm's running
+      statistics, a counter buffer), which would take in the padding rows.
+    """
+    for node in analysis.nodes:
+        verdict = analysis.verdicts[node]
+        if draws_random(node):
+            return (f"{layer_name(node)} [{node.name}] draws random numbers: padding rows would draw from "
+                    "the random stream too, so the real rows would not get the draws they get unpadded")
+        if verdict.role in (Role.PRIVATE, Role.PRIVATE_ROWS):
+            return (f"{layer_name(node)} [{node.name}] is not batch-separable ({verdict.reason or verdict.role.value}), "
+                    "so padding rows would reach the real rows")
+    for i, leaf in enumerate(analysis.captured.out_leaves):
+        if isinstance(leaf, fx.Node) and analysis.verdicts[leaf].role is Role.FOLDED \
+                and analysis.captured.batch in getattr(analysis.facts[leaf].scalar, "free_symbols", ()):
+            return f"its output {i} ({leaf.name}) is computed from the batch size, which padding changes"
+    if analysis.state:
+        return (f"it updates its buffer {next(iter(analysis.state))!r} in place, and the padding rows "
+                "would enter the update")
+    return None
+
+
+def output_layouts(analysis: Analysis) -> list[Layout | None]:
+    """Where each output leaf of a fragment holds its rows (``Captured.out_leaves`` order), or
+    None for a leaf without rows (a constant, a plain value). Call it on a fragment that
+    ``padding_refusal`` accepts; raises GraftError for an output whose rows have no single
+    ``rows.Layout``."""
+    layouts: list[Layout | None] = []
+    for i, leaf in enumerate(analysis.captured.out_leaves):
+        verdict = analysis.verdicts[leaf] if isinstance(leaf, fx.Node) else None
+        if verdict is None or verdict.role in (Role.CONST, Role.FOLDED):
+            layouts.append(None)
+        elif isinstance(verdict.layout, Layout):
+            layouts.append(verdict.layout)
+        else:
+            raise GraftError(f"{analysis.captured.name}: output {i} ({leaf.name}) holds its rows as "
+                             f"{verdict.layout!r}, not as one batch dim, so its padding rows cannot be dropped")
+    return layouts
+
+
+def written_inputs(analysis: Analysis) -> list[int]:
+    """The positions of the inputs that a fragment writes into in place (a tail whose first op
+    is ``relu_``): a padded copy takes those writes, which must be copied back."""
+    placeholders = analysis.captured.placeholders
+    return sorted({placeholders.index(n.args[0]) for n in analysis.nodes
+                   if analysis.verdicts[n].role is Role.WRITE and n.args[0] in placeholders})
+
+
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` (batch in dim 0, ``n >= 1`` rows) with copies of its row 0 appended up to ``rows``
+    rows; ``t`` itself when it has that many already. Repeating a real row, not zeros, keeps
+    every padding row a value the fragment was built for: no division by zero, no log of 0, no
+    NaN or inf that a later op could spread."""
+    extra = rows - t.shape[0]
+    if extra <= 0:
+        return t
+    return torch.cat([t, t[:1].expand(extra, *t.shape[1:])])

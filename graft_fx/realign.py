@@ -5,7 +5,10 @@ all nodes into classes (``align.py``), emit one graph (``rewrite.py``), lower it
 graft's kernel ops where they pay (``lowering.py``), describe it (``plan.py``) and, by default,
 check it against separate execution on random rows (``verify.py``).
 ``RealignedModule`` checks every call's inputs against the fragments' input specs, then runs the
-graph built for the fragments present in that call (cached per set).
+graph built for the fragments present in that call (cached per set). ``PaddedRealignedModule``
+(``realign(..., buckets=...)``) first pads each fragment's rows up to a bucket (``buckets.py``),
+so that compiled static-shape graphs see a bounded set of shapes, and drops the padding rows
+from the outputs. Both compile with torch.compile; the unpadded one exports with torch.export.
 
 It reads the fragments' own weight tensors, so in-place updates (``load_state_dict`` of a new
 fine-tune, an optimizer step) reach it. Alignment compared weights by value, though: two
@@ -27,11 +30,13 @@ import torch.utils._pytree as pytree
 
 from .align import FLOPS_PER_COPIED_BYTE, NodeClass, align
 from .analysis import Analysis, analyze
+from .buckets import POWERS_OF_TWO, bucketed, check_buckets, output_layouts, pad_rows, padding_refusal, written_inputs
 from .capture import InputSpec, fetch_attr
 from .errors import GraftError
 from .keys import SHARES
 from .lowering import KERNELS, lower
 from .plan import Plan, make_plan
+from .rows import take_rows
 from .rewrite import emit
 from .verify import verify as _verify
 
@@ -42,7 +47,33 @@ class RealignedModule(nn.Module):
     ``x_i`` is a tensor (a tuple for a fragment with several inputs), ``None`` for an absent
     fragment (its output is None), with any batch size, 0 included. ``min_flops_per_byte``,
     ``share`` and ``kernels`` are `realign`'s. Raises GraftError for an unknown ``kernels``.
+    ``buckets`` is None here; `PaddedRealignedModule` pads.
+
+    **Compile.** ``torch.compile(rm)`` traces ``forward`` whole (``fullgraph=True`` holds): the
+    checks of the inputs, the graph for the fragments present (built at trace time, see
+    ``_build``) and the eager run of a batch-0 fragment. Dynamo guards on which fragments are
+    absent (None) and specializes batch sizes 0 and 1, so a compiled module compiles once per
+    pattern of absent, empty, one-row and larger fragments, and within a pattern keeps one graph
+    for every batch size (``dynamic=True``, or the default ``dynamic=None`` from the second size
+    on; a backend may still guard on size ranges, as CPU convolutions do at 16 rows). Each
+    pattern is one recompilation: with more than a few fragments, raise
+    ``torch._dynamo.config.recompile_limit`` (8 by default; ``fullgraph=True`` fails past it).
+    Compiled code does not re-align on in-place weight updates (the check is skipped while
+    compiling): after one (``weights_updated`` says), run the module once uncompiled, which
+    re-aligns, and the compiled module recompiles on its next call (its guards see the new
+    graphs).
+
+    **Export.** ``torch.export.export(rm, args, dynamic_shapes={"inputs": (d_1, ..., d_n)})``:
+    ``args`` has one entry per fragment (None for an absent one, which stays absent in the
+    program); ``d_i`` is ``{0: Dim("b_i")}`` for a one-input fragment, a tuple of such dicts
+    sharing one Dim for a fragment with several inputs, and None for an absent one. Give examples
+    of 2 or more rows (export specializes a dim whose example has 0 or 1). The program runs at any
+    batch size, 0 and 1 included, always through the realigned graph: it has no eager path for
+    batch 0, so a fragment whose ops refuse 0 rows raises there.
     """
+
+    buckets: tuple[int, ...] | None = None
+    """The batch sizes each fragment's rows are padded up to (`PaddedRealignedModule`), or None."""
 
     def __init__(self, analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
                  share: str = "weights", kernels: str = "auto"):
@@ -68,6 +99,12 @@ class RealignedModule(nn.Module):
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
         self._stacks: list = []  # weights stacked for the kernel ops, shared by the graphs
         self.graph_module = self.graph_for(frozenset(range(len(self._analyses))))
+
+    def weights_updated(self) -> bool:
+        """Whether a weight the fragments read was updated in place since the alignment (then
+        ``forward`` re-aligns first; compiled, only `PaddedRealignedModule` can, whose forward
+        runs eagerly, so a caller of a compiled plain module must: see `graft_fx.backend`)."""
+        return self._weight_versions() != self._versions
 
     def _weight_versions(self) -> list[int]:
         """The version counter of every weight the fragments read (an in-place update bumps it),
@@ -111,11 +148,24 @@ class RealignedModule(nn.Module):
                 for f, a in enumerate(self._analyses) for spec in a.captured.inputs]
 
     def forward(self, *inputs: Any) -> tuple[Any, ...]:
+        """One output per fragment (None for an absent one), as each fragment run alone gives.
+        Raises GraftError for a wrong number of inputs or an input that does not fit its
+        fragment's input specs."""
+        self._check_count(inputs)
+        if not torch.compiler.is_compiling() and self.weights_updated():
+            self._align()  # weights updated in place: which are equal, and what was stacked, may differ
+        return self._run(*inputs)
+
+    def _check_count(self, inputs: tuple[Any, ...]) -> None:
         if len(inputs) != self.num_fragments:
             raise GraftError(
                 f"RealignedModule takes {self.num_fragments} inputs, one per fragment (None for an "
                 f"absent fragment); got {len(inputs)}"
             )
+
+    def _run(self, *inputs: Any) -> tuple[Any, ...]:
+        """``forward`` without padding: the graph for the fragments with rows, and each
+        fragment with 0 rows run alone (a graph on 0 rows could meet ops that refuse them)."""
         flat: list[Any] = []
         present: list[int] = []
         empty: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -129,9 +179,10 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
-        if not torch.compiler.is_compiling() and self._weight_versions() != self._versions:
-            self._align()  # weights updated in place: which are equal, and what was stacked, may differ
-        leaves = iter(self.graph_for(frozenset(present))(*flat) if present else ())
+        key = frozenset(present)
+        if present:
+            _build(self, key)
+        leaves = iter(self._graphs[key](*flat) if present else ())
         outputs = []
         for f, a in enumerate(self._analyses):
             cap = a.captured
@@ -146,7 +197,7 @@ class RealignedModule(nn.Module):
     def _checked(self, f: int, x: Any) -> tuple[torch.Tensor, ...]:
         cap = self._analyses[f].captured
         specs = cap.inputs
-        tensors = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        tensors = _as_tuple(x)
         if len(tensors) != len(specs):
             raise GraftError(f"fragment {f} takes {len(specs)} input tensor(s) (pass a tuple); got {len(tensors)}")
         for i, (t, spec) in enumerate(zip(tensors, specs)):
@@ -162,6 +213,115 @@ class RealignedModule(nn.Module):
             if t.shape[0] != tensors[0].shape[0]:
                 raise GraftError(f"{where}: batch size {t.shape[0]} differs from input 0's {tensors[0].shape[0]}")
         return tensors
+
+
+class PaddedRealignedModule(RealignedModule):
+    """A RealignedModule that pads each fragment's rows up to the next of ``buckets``.
+
+    ``buckets`` (ascending batch sizes, ``buckets.check_buckets``): each call pads every present
+    fragment's n rows up to ``buckets.bucketed(n, buckets)`` with copies of its row 0, runs the
+    graph on the padded rows, and takes each output's first n rows back (along the batch dim of
+    the output's ``rows.Layout``), so padding rows never reach an output. A fragment that writes
+    into its input in place gets the real rows copied back into that input. Batch 0 and sizes
+    above the largest bucket run unpadded. Raises GraftError for bad ``buckets`` or a fragment
+    that padding would change (``buckets.padding_refusal``: a node that mixes rows or reads the
+    batch size, random draws, an update of the fragment's own state).
+
+    **Compile.** torch.compile skips the frame of ``forward``, which pads, slices back and checks
+    the weights' versions eagerly, and compiles the ``_run`` it calls (``fullgraph=True``
+    holds). So the compiled code only ever sees bucketed shapes: with ``dynamic=False`` it
+    compiles once per mix of buckets (and of absent and empty fragments) and never again for
+    other sizes within those buckets, which is what CUDA graphs (``mode="reduce-overhead"``)
+    need; in-place weight updates re-align and recompile. Compile the module, not its
+    ``forward`` method. torch.export does not support that skipped frame, so exporting a padded
+    module raises GraftError: export the unpadded module (``realign`` without buckets).
+    """
+
+    def __init__(self, analyses: list[Analysis], min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
+                 share: str = "weights", kernels: str = "auto", buckets: Sequence[int] = POWERS_OF_TWO):
+        buckets = check_buckets(buckets)
+        _check_paddable(analyses, buckets)
+        super().__init__(analyses, min_flops_per_byte, share, kernels)
+        self.buckets = buckets
+        self._out_layouts = [output_layouts(a) for a in analyses]
+        self._written = [written_inputs(a) for a in analyses]
+        self.register_forward_pre_hook(_refuse_export)
+
+    @torch.compiler.disable(recursive=False)
+    def forward(self, *inputs: Any) -> tuple[Any, ...]:
+        """``RealignedModule.forward`` on padded rows (see the class docstring). Raises
+        GraftError for a wrong number of inputs or an input that does not fit its specs."""
+        args, rows = self._pad(inputs)
+        return self._unpad(inputs, args, self._run(*args), rows)
+
+    @torch.compiler.disable
+    def _pad(self, inputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[int | None]]:
+        """The inputs padded to their buckets, and each fragment's real batch size (None for an
+        absent one); re-aligns first where the weights were updated in place."""
+        self._check_count(inputs)
+        if self.weights_updated():
+            self._align()
+        rows = [None if x is None else self._checked(f, x)[0].shape[0] for f, x in enumerate(inputs)]
+        return tuple(x if n is None else _padded_input(x, bucketed(n, self.buckets)) for x, n in zip(inputs, rows)), rows
+
+    @torch.compiler.disable
+    def _unpad(self, inputs: tuple[Any, ...], padded: tuple[Any, ...], outputs: tuple[Any, ...],
+               rows: list[int | None]) -> tuple[Any, ...]:
+        """Each padded fragment's outputs cut back to its first ``rows[f]`` rows (along each
+        output's batch dim); the inputs it wrote into in place get their real rows back from the
+        padded copies, which took the writes."""
+        result = []
+        for f, (x, out, n) in enumerate(zip(inputs, outputs, rows)):
+            if n is None or bucketed(n, self.buckets) == n:
+                result.append(out)
+                continue
+            for i in self._written[f]:
+                _as_tuple(x)[i].copy_(_as_tuple(padded[f])[i][:n])
+            leaves, spec = pytree.tree_flatten(out)
+            result.append(pytree.tree_unflatten(
+                [leaf if layout is None else take_rows(leaf, layout, 0, n)
+                 for leaf, layout in zip(leaves, self._out_layouts[f])], spec))
+        return tuple(result)
+
+
+def _refuse_export(module: PaddedRealignedModule, inputs: tuple[Any, ...]) -> None:
+    """A forward pre-hook: torch.export cannot trace the padded forward (torch.compile skips its
+    frame, which export does not support), so say what to export instead."""
+    if torch.compiler.is_exporting():
+        raise GraftError(f"torch.export of a padded realigned module (buckets={list(module.buckets)}) is not "
+                         "supported: export the module realigned without buckets, with a dynamic batch per "
+                         "fragment, or with static shapes at the bucket sizes")
+
+
+@torch.compiler.assume_constant_result
+def _build(rm: RealignedModule, present: frozenset[int]) -> bool:
+    """Build ``rm``'s graph for the fragments in ``present`` (``graph_for``). Dynamo cannot trace
+    building an fx graph (torch.fx is on its skip list, so it would break the graph), so it calls
+    this at trace time, as a constant; the traced code then reads the graph from ``rm._graphs``.
+    Which graph a call needs is decided by which inputs are None or empty, which Dynamo guards."""
+    rm.graph_for(present)
+    return True
+
+
+def _as_tuple(x: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _padded_input(x: Any, rows: int) -> Any:
+    """One fragment's input (a tensor, or a tuple of them) padded to ``rows`` rows (``pad_rows``)."""
+    if isinstance(x, torch.Tensor):
+        return pad_rows(x, rows)
+    return tuple(pad_rows(t, rows) for t in x)
+
+
+def _check_paddable(analyses: list[Analysis], buckets: tuple[int, ...]) -> None:
+    """Padding must not change any fragment's outputs: raise GraftError naming the first fragment
+    and node where it would (``buckets.padding_refusal``)."""
+    for a in analyses:
+        reason = padding_refusal(a)
+        if reason is not None:
+            raise GraftError(f"buckets={list(buckets)}: {a.captured.name} cannot be padded: {reason}; padding "
+                             "is exact only for fragments whose rows are independent: realign with buckets=None")
 
 
 def _placement(a: Analysis) -> tuple[frozenset, frozenset]:
@@ -207,7 +367,8 @@ def _check_state(analyses: list[Analysis]) -> None:
 
 def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = None, *,
             verify: bool = True, min_flops_per_byte: float = FLOPS_PER_COPIED_BYTE,
-            kernels: str = "auto", share: str = "weights") -> RealignedModule:
+            kernels: str = "auto", share: str = "weights",
+            buckets: Sequence[int] | None = None) -> RealignedModule:
     """Merge ``fragments`` into one RealignedModule that runs their shared layers once, batched.
 
     ``fragments`` are nn.Modules, fx GraphModules or ExportedPrograms, each captured with
@@ -227,7 +388,11 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ``"torch"`` never. ``share="structure"`` also batches layers whose structure matches while
     their weights differ (fine-tuned copies of one model: ``keys.STRUCTURAL``), each fragment's
     rows with its own weights; the default ``"weights"`` shares a layer only where the weights
-    are equal too. Raises GraftError
+    are equal too. ``buckets`` (ascending batch sizes such as ``buckets.POWERS_OF_TWO``, or None)
+    returns a ``PaddedRealignedModule``, which pads each call's fragments up to the next bucket
+    for static-shape executors; it refuses fragments that padding would change
+    (``buckets.padding_refusal``: a node that mixes rows or uses the batch size, random draws,
+    an update of the fragment's own state). Raises GraftError
     (TraceError) for fragments that cannot be captured or served: see ``capture`` and the messages.
     """
     if isinstance(fragments, (torch.nn.Module, torch.export.ExportedProgram)) or not hasattr(fragments, "__iter__"):
@@ -247,7 +412,10 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
     ]
     _check_uniform(analyses)
     _check_state(analyses)
-    rm = RealignedModule(analyses, min_flops_per_byte, share, kernels)
+    if buckets is None:
+        rm = RealignedModule(analyses, min_flops_per_byte, share, kernels)
+    else:
+        rm = PaddedRealignedModule(analyses, min_flops_per_byte, share, kernels, buckets)
     if verify:
         _verify(rm)
     return rm
