@@ -1,8 +1,9 @@
 """The ``graft`` command.
 
     graft simulate [--models resnet50[,mobilenet_v2...]] [--trace lte-ghent-car-7] [--slo-ms 350]
-                   [--clients 2000] [--seeds 5] [--mps] [--json PATH] [--plot PATH]
-    graft serve [--model resnet50] [--slo-ms 1000] [--clients 20] [--duration-s 60] [--json PATH]
+                   [--clients 2000] [--seeds 5] [--mps] [--buckets pow2] [--json PATH] [--plot PATH]
+    graft serve [--model resnet50] [--slo-ms 1000] [--clients 20] [--duration-s 60] [--buckets 1,2,4,8]
+                [--json PATH]
     graft serve --http [--port 8000]
 
 ``simulate`` sizes a deployment: phones of many speeds on one network trace send requests for one
@@ -94,6 +95,20 @@ def _policies(text: str) -> list[str]:
     return names
 
 
+def _buckets(text: str) -> tuple[int, ...]:
+    """``pow2`` (`graft_fx.buckets.POWERS_OF_TWO`) or comma-separated batch sizes, ascending."""
+    from .buckets import POWERS_OF_TWO, check_buckets
+
+    if text.strip() == "pow2":
+        return POWERS_OF_TWO
+    expected = (f"expected pow2 ({','.join(map(str, POWERS_OF_TWO))}) or comma-separated batch sizes of at least 1 "
+                f"in increasing order, such as 1,2,4,8; got {text!r}")
+    try:
+        return check_buckets([int(b) for b in text.split(",")])
+    except (ValueError, GraftError):
+        raise argparse.ArgumentTypeError(expected) from None
+
+
 def _models(text: str) -> list[str]:
     """Comma-separated torchvision classifiers, each at most once."""
     import torchvision
@@ -172,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seeds to simulate (phones, trace offsets, arrivals); the table shows the first, and a "
                         "second table each policy's median with its confidence interval (default: %(default)s)")
     s.add_argument("--plot", type=_output, metavar="PATH", help="write a PNG: share per policy, latency CDFs")
+    _padding(s, "the planner sizes groups and the simulator prices batches at their padded rows")
 
     v = commands.add_parser("serve", help="run the planned, realigned groups for real",
                             description=next(p for p in __doc__.split("\n\n") if p.startswith("``serve``"))
@@ -189,7 +205,17 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on (default: %(default)s)")
     v.add_argument("--port", type=_number(int, 0, False, "a port from 0 to 65535", most=65535), default=8000,
                    help="with --http: the port to listen on (default: %(default)s)")
+    _padding(v, "the realigned modules pad their rows, and the planner and the runtime price batches padded")
     return p
+
+
+def _padding(s: argparse.ArgumentParser, what: str) -> None:
+    """The ``--buckets`` flag: padded batching (`graft_fx.buckets`)."""
+    s.add_argument("--buckets", type=_buckets, metavar="SIZES",
+                   help="pad each fragment's rows in a batch up to the next of these batch sizes, so that a "
+                        f"static-shape executor (CUDA graphs, compiled graphs) serves every mix: {what}; "
+                        "comma-separated ascending sizes such as 1,2,4,8, or pow2 for 1,2,4,...,256 "
+                        "(default: no padding)")
 
 
 def _workload(s: argparse.ArgumentParser, defaults: dict) -> None:
@@ -316,7 +342,7 @@ def serve(args: argparse.Namespace) -> int:
           f"{planned.plan.total_share:.2f} of the device:")
     print("\n".join(report.describe_plan(planned.plan, profile.fragments)))
     print("building the realigned instances and checking them against the model", file=sys.stderr)
-    runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device)
+    runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device, buckets=args.buckets)
     gc.freeze()  # what exists now lives as long as the server: keep the collector's full passes off it
     try:
         if args.http:
@@ -395,7 +421,8 @@ def _scenarios(args: argparse.Namespace, seed: int, setup: _Setup) -> list:
         clients = make_clients(phones, devices, [setup.trace], args.rate, args.slo_ms / 1e3, cv=args.cv,
                                seed=seed * len(served) + m)
         out.append(Scenario(profile, costs, tuple(clients), args.duration_s, seed, partitioning=setup.partitioning,
-                            replan_s=getattr(args, "replan_s", None), private_input=args.private_input))
+                            replan_s=getattr(args, "replan_s", None), private_input=args.private_input,
+                            buckets=args.buckets))
     return out
 
 
@@ -407,7 +434,7 @@ def _config(args: argparse.Namespace, setup: _Setup) -> dict:
             "profile": "; ".join(sorted({profile.label for profile, _, _ in setup.served})),
             "device": setup.served[0][0].device, "partitions": str(setup.partitioning), "seed": args.seed, "cv": args.cv,
             "upload": args.upload, "jpeg_quality": args.jpeg_quality, "devices": args.devices,
-            "private_input": args.private_input}
+            "private_input": args.private_input, "buckets": None if args.buckets is None else list(args.buckets)}
 
 
 if __name__ == "__main__":

@@ -234,3 +234,32 @@ def server_models(port):
 def test_serve_refuses_what_it_cannot_run(args, words, capsys):
     assert main([*SERVE, *args]) == 2
     assert words in capsys.readouterr().err
+
+
+# --buckets: padded batching (graft_fx.buckets)
+
+@pytest.mark.parametrize("text, buckets", [("pow2", (1, 2, 4, 8, 16, 32, 64, 128, 256)), ("1,2,4,8", (1, 2, 4, 8)),
+                                           (" 3, 16 ", (3, 16))])
+def test_buckets_are_pow2_or_ascending_batch_sizes(text, buckets):
+    from graft_fx.cli import parser
+
+    for command in (SMALL, SERVE):
+        assert parser().parse_args([*command, "--buckets", text]).buckets == buckets
+        assert parser().parse_args(command).buckets is None
+
+
+@pytest.mark.parametrize("command", ["simulate", "serve"])
+@pytest.mark.parametrize("text", ["4,2", "0,1", "1,1", "pow3", "1,,2", "", "1.5"])
+def test_bad_buckets_are_an_error_naming_the_flag(command, text, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--buckets", text])
+    assert exit.value.code == 2
+    assert "argument --buckets: expected pow2 (1,2,4,8,16,32,64,128,256) or comma-separated" in capsys.readouterr().err
+
+
+def test_simulate_pads_batches_to_buckets(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main([*SMALL, "--policies", "graft,bound", "--buckets", "pow2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["config"]["buckets"] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert [p["name"] for p in doc["policies"]] == ["graft", "bound"] and doc["policies"][0]["share"] > 0

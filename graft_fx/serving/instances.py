@@ -6,7 +6,8 @@ is only a name: the cut its server-side tail starts at (``profile.fragments[f]``
 the model once at every cut the plan uses (`graft_fx.cuts.tails`: one capture and analysis of
 the model however many fragment types there are), realigns each group's tails into one
 `RealignedModule` (`graft_fx.realign`, checked against the tails run eagerly unless
-``verify=False``), and puts it in eval mode on the serving device.
+``verify=False``, padding each member's rows up to the next of ``buckets`` when given), and puts
+it in eval mode on the serving device.
 
 `Instance.run` is the serving hot path: one batch of requests, each one row of one member's
 input, possibly of several members in any order. It concatenates each member's rows, runs the
@@ -39,6 +40,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from .. import cuts
+from ..buckets import check_buckets
 from ..capture import InputSpec
 from ..errors import GraftError
 from ..realign import RealignedModule, realign
@@ -83,6 +85,12 @@ class Instance:
         else:
             self._lock = threading.Lock()
 
+    @property
+    def buckets(self) -> tuple[int, ...] | None:
+        """The batch sizes the module pads each member's rows up to (`graft_fx.buckets`); None
+        when it runs them as they are."""
+        return self.module.buckets
+
     def input_spec(self, fragment: int) -> InputSpec:
         """One row of ``fragment``'s input: ``row_shape`` (without the batch dim) and ``dtype``;
         a request's row is a tensor of shape ``[1, *row_shape]`` of that dtype, on the instance's
@@ -111,15 +119,15 @@ class Instance:
             slots = [self._slot[f] for f in fragments]
         except KeyError as e:
             raise self._not_member(e.args[0]) from None
-        buckets: list[list[torch.Tensor]] = [[] for _ in self.fragments]
+        per_member: list[list[torch.Tensor]] = [[] for _ in self.fragments]
         for s, r in zip(slots, rows):
-            buckets[s].append(r)
+            per_member[s].append(r)
         if self._lock is not None:
-            self._ensure(frozenset(m for m, b in enumerate(buckets) if b))
+            self._ensure(frozenset(m for m, b in enumerate(per_member) if b))
         with torch.inference_mode():
             with _one_thread():
-                inputs = [torch.cat(b) if b else None for b in buckets]
-            for m, (x, b) in enumerate(zip(inputs, buckets)):
+                inputs = [torch.cat(b) if b else None for b in per_member]
+            for m, (x, b) in enumerate(zip(inputs, per_member)):
                 if x is not None and x.shape[0] != len(b):
                     row = ", ".join(map(str, self.input_spec(self.fragments[m]).row_shape))
                     raise GraftError(f"run: {len(b)} requests of fragment {self.fragments[m]} ({self.names[m]}) "
@@ -175,7 +183,8 @@ def _output_spec(module: RealignedModule, m: int, name: str) -> tuple[tuple[int,
 
 
 def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
-          device: str | torch.device = "cpu", verify: bool = True) -> list[Instance]:
+          device: str | torch.device = "cpu", verify: bool = True,
+          buckets: Sequence[int] | None = None) -> list[Instance]:
     """One `Instance` per group of ``plan`` (index-aligned with ``plan.groups``), serving ``model``.
 
     ``example`` is the model's input (a tensor or a tuple, batch dim 0 of any size) as
@@ -184,13 +193,17 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
     the plan uses (`graft_fx.cuts.tails`), and each group's tails, in ascending fragment order,
     are realigned with ``graft_fx.realign(tails, verify=verify)``: with ``verify`` every
     realigned module is checked against its tails run eagerly (seconds for a large model).
+    ``buckets`` goes to ``realign``: each module pads every present member's rows up to the next
+    bucket (`graft_fx.buckets`), so that a static-shape executor sees a bounded set of shapes; a
+    runtime over such instances prices batches at the padded rows (`runtime.Runtime`).
 
     The model is left as it was: where it is not all in eval mode or not all on ``device``, the
     instances are cut from a copy put in eval mode on ``device``; otherwise they hold the model's
     own weights (no copy). Raises GraftError for a plan that uses a fragment index the profile
     lacks, a group with no or repeated fragments, a profile fragment name that is not a cut point
-    of the model (a profile of another model, or measured with another capture), and tails that
-    do not return one tensor.
+    of the model (a profile of another model, or measured with another capture), tails that do
+    not return one tensor, bad ``buckets``, and what ``realign`` refuses (with buckets: a
+    fragment whose rows are not independent, which padding would change).
     """
     names = profile.fragments
     for g, group in enumerate(plan.groups):
@@ -204,6 +217,7 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
                              f"fragment indices")
     groups = [tuple(sorted(int(f) for f in group.fragments)) for group in plan.groups]
     used = sorted({f for members in groups for f in members})
+    buckets = None if buckets is None else check_buckets(buckets)  # before the model is cut
     model, example = _placed(model, example, torch.device(device))
     try:
         tails = dict(zip(used, cuts.tails(model, [names[f] for f in used], example)))
@@ -217,7 +231,7 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
                          f"another model or another torch version? {e}") from None
     instances = []
     for members in groups:
-        module = realign([tails[f] for f in members], verify=verify).eval()
+        module = realign([tails[f] for f in members], verify=verify, buckets=buckets).eval()
         instances.append(Instance(members, tuple(names[f] for f in members), module))
     return instances
 

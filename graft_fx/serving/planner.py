@@ -71,6 +71,21 @@ single-replica groups may take turns on one partition within a common duty cycle
 models onto a GPU ("squishy bin packing"); each partition of the `Plan` lists the groups it runs.
 Both policies get it: per-fragment instances take turns just as realigned groups do.
 
+**Padded batching** (``buckets``, `graft_fx.buckets`). A realigned module that pads each
+member's rows up to the next bucket runs every piece on padded rows, and the planner charges them.
+Member ``m`` pads its ``x_m = u λ_m`` expected rows to ``p(x_m)``, where ``p`` is ``bucketed``
+at whole rows and linear between them (``p(x) = x bucketed(1)`` below one row: a member that
+comes in that fraction of batches, padded to its first bucket when it does). The batch a request
+of member ``m`` rides in pads ``x_m + 1`` instead, adding ``Δ_m = p(x_m + 1) - p(x_m)`` rows to the
+pieces from ``f_m`` on; which member the request belongs to is unknown, so piece ``i`` is charged
+the largest ``Δ_m`` over members at or before it: the same pessimism as adding the row from
+``f_1``, exact for a group of one. Both counts are at least the unpadded ones (``p(x) >= x``, and
+``p(x_m + 1) >= x_m + 1``), and both grow with every rate (the request's count at piece ``i`` is
+the largest over members ``m`` at or before ``i`` of ``Σ_{j != m} p(x_j) + p(x_m + 1)``, each term
+non-decreasing), so a padded plan never needs less share than an unpadded one, and more load
+never needs less share, both exactly for the grouping.
+The padded rows, too, stay within `Profile.max_batch`.
+
 `fluid_bound` is the throughput-only lower bound, and `Replanner` re-plans when rates drift.
 """
 
@@ -78,11 +93,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..buckets import bucketed, check_buckets
 from ..errors import GraftError
 from .partitions import Partitioning, for_device
 from .profiles import Profile, share_weights
@@ -109,8 +125,9 @@ class Group:
 
     Each of ``replicas`` replicas runs on ``share`` of an accelerator and starts a batch every
     ``duty_cycle_s``. ``rows`` is the expected number of rows in a batch, all members together
-    (the rows the group's deepest pieces see). ``latency_s`` is the time of the batch a given
-    request rides in (its own row on top of the expected others): at most ``duty_cycle_s``, and
+    (the rows the group's deepest pieces see; padded rows when the plan pads to buckets).
+    ``latency_s`` is the time of the batch a given request rides in (its own row on top of the
+    expected others): at most ``duty_cycle_s``, and
     ``duty_cycle_s + latency_s`` is at most ``budget_s``, the smallest budget of the members.
     ``busy_s`` is the expected executor time of a batch, so ``busy_s / duty_cycle_s`` is the
     expected utilisation of a replica.
@@ -193,7 +210,8 @@ class Plan:
 
 
 def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
-         partitioning: Partitioning | None = None, time_sharing: bool = True) -> Plan:
+         partitioning: Partitioning | None = None, time_sharing: bool = True,
+         buckets: Sequence[int] | None = None) -> Plan:
     """The least-share plan for ``demands`` on ``profile``; see the module docstring.
 
     ``realign=False`` gives every type its own instance (the per-fragment baseline). Groups are
@@ -202,20 +220,23 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
     device (`partitions.for_device`). ``time_sharing`` lets single-replica groups take turns on
     one partition where that needs less share (`_time_share`). With ``realign`` the plan is the
     cheaper of the realigned one and the per-fragment one (which is a realigned plan too, of
-    singleton groups), so re-alignment never needs more share, time sharing or not. Raises
-    GraftError for bad demands and for a type that cannot meet its budget even alone on a whole
-    accelerator (roughly: a budget below twice its one-row latency at share 1.0).
+    singleton groups), so re-alignment never needs more share, time sharing or not. With
+    ``buckets`` every batch is charged at its padded rows ("Padded batching"); None charges the
+    rows as they are. Raises GraftError for bad demands or buckets and for a type that cannot
+    meet its budget even alone on a whole accelerator (roughly: a budget below twice its one-row
+    latency at share 1.0, its one row padded to the first bucket).
     """
     demands = _check_demands(profile, demands)
+    buckets = None if buckets is None else check_buckets(buckets)
     partitioning = partitioning or for_device(profile.device)
     if not demands:
         return Plan((), partitioning)
     profile = profile.planning
-    t = _Tables(profile, partitioning.grid, demands)
+    t = _Tables(profile, partitioning.grid, demands, buckets)
     singles = [_runs(t, a, a + 1) for a in range(t.n)]
     for d, single in zip(demands, singles):
         if not math.isfinite(single.cost[0]):
-            raise _unservable(profile, d)
+            raise _unservable(profile, d, buckets)
     plans = []
     for merge in ((False, True) if realign else (False,)):
         groups = [_group(t, a, b, runs) for a, b, runs in _grouping(t, singles, merge)]
@@ -273,10 +294,12 @@ class Replanner:
 
     ``observe`` re-plans when a type's rate moved by more than ``tolerance`` (relative), a type
     appeared or disappeared (a rate of 0 counts as absent), or a budget changed since the last plan.
+    Every plan pads its batches to ``buckets`` (`plan`; None: no padding).
     """
 
     def __init__(self, profile: Profile, budgets: Mapping[int, float], tolerance: float = 0.2,
-                 realign: bool = True, partitioning: Partitioning | None = None):
+                 realign: bool = True, partitioning: Partitioning | None = None,
+                 buckets: Sequence[int] | None = None):
         if not tolerance >= 0:
             raise GraftError(f"tolerance {tolerance}: expected a relative drift of 0 or more")
         self.profile = profile
@@ -284,6 +307,7 @@ class Replanner:
         self.tolerance = tolerance
         self.realign = realign
         self.partitioning = partitioning
+        self.buckets = None if buckets is None else check_buckets(buckets)
         self.plan: Plan | None = None
         self.rates: dict[int, float] = {}
 
@@ -302,7 +326,7 @@ class Replanner:
             raise GraftError(f"no budget for fragments {missing}: expected one for every observed type, "
                              f"have {sorted(self.budgets)}")
         demands = [Demand(f, r, self.budgets[f]) for f, r in sorted(rates.items())]
-        self.plan = plan(self.profile, demands, self.realign, self.partitioning)
+        self.plan = plan(self.profile, demands, self.realign, self.partitioning, buckets=self.buckets)
         self.rates = rates
         return self.plan
 
@@ -334,19 +358,27 @@ def _check_demands(profile: Profile, demands: Iterable[Demand], budgets: bool = 
 
 
 
-def least_budget(profile: Profile, fragment: int) -> float:
+def least_budget(profile: Profile, fragment: int, buckets: Sequence[int] | None = None) -> float:
     """The least budget a type can be planned for, with room to spare: twice its latency alone
     on one row of a whole accelerator (a request may wait as long again for its batch to start),
-    one step of the duty-cycle grid more."""
-    return 2 * _U_RATIO * profile.planning.fragment_s(fragment, 1, 1.0)
+    one step of the duty-cycle grid more. With ``buckets``, the one row is padded to the first
+    bucket."""
+    return 2 * _U_RATIO * profile.planning.fragment_s(fragment, _one_row(buckets), 1.0)
 
 
-def _unservable(profile: Profile, d: Demand) -> GraftError:
-    least = profile.fragment_s(d.fragment, 1, 1.0)
+def _one_row(buckets: Sequence[int] | None) -> int:
+    """The rows one request runs on: 1, or its first bucket when padding."""
+    return 1 if buckets is None else bucketed(1, buckets)
+
+
+def _unservable(profile: Profile, d: Demand, buckets: Sequence[int] | None) -> GraftError:
+    one = _one_row(buckets)
+    least = profile.fragment_s(d.fragment, one, 1.0)
+    padded = "" if one == 1 else f" (padded to {one})"
     return GraftError(
         f"fragment {d.fragment} (cut {profile.pieces[d.fragment].start!r}) cannot be served at "
         f"{d.rate_per_s:g}/s within its budget of {d.budget_s * 1e3:.3f} ms: alone on a whole "
-        f"accelerator its pieces take {least * 1e3:.3f} ms on one row, and a request may wait as long "
+        f"accelerator its pieces take {least * 1e3:.3f} ms on one row{padded}, and a request may wait as long "
         f"again for its batch to start; expected a budget above {2 * least * 1e3:.3f} ms (and a rate "
         f"whose batches stay within the largest measured batch, {profile.max_batch})")
 
@@ -357,9 +389,11 @@ class _Tables:
     """A profile prepared for evaluating groups of the demanded types (see "Evaluating groups
     cheaply"). ``latency[block * (max_batch + 1) + rows, measured share]``: blocks ``0 .. n-1`` are
     each member's own pieces (up to the next member's cut), blocks ``n .. 2n-1`` its tail to the
-    end of the model; ``step`` is the rise to the next row (never negative)."""
+    end of the model; ``step`` is the rise to the next row (never negative). ``padded[k]`` is the
+    bucketed size of k rows (None without buckets), for `rows`."""
 
-    def __init__(self, profile: Profile, shares: np.ndarray, demands: list[Demand]):
+    def __init__(self, profile: Profile, shares: np.ndarray, demands: list[Demand],
+                 buckets: tuple[int, ...] | None = None):
         frags = np.array([d.fragment for d in demands], dtype=int)
         self.rates = np.array([d.rate_per_s for d in demands], dtype=float)
         self.budgets = np.array([d.budget_s for d in demands], dtype=float)
@@ -377,6 +411,31 @@ class _Tables:
         self.latency = blocks.reshape(-1, blocks.shape[-1])
         self.step = np.maximum(np.diff(blocks, axis=1, append=blocks[:, -1:]), 0).reshape(
             self.latency.shape)
+        # padded sizes of 0 .. max_batch + 3 rows: enough to pad x + 1 for x up to max_batch + 2,
+        # where a batch has outgrown the profile anyway (`_pad` clips there)
+        self.padded = None if buckets is None else np.array(
+            [bucketed(k, buckets) for k in range(self.max_batch + 4)], dtype=float)
+
+    def rows(self, members: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected rows ``[member, u]`` at the pieces of each of ``members`` (consecutive
+        indices, from a group's first), for duty cycles per replica ``u``: in the expected batch
+        (``busy``), and in the batch a request rides in (``with_request``), padded to buckets where
+        the plan pads ("Padded batching"); unpadded, ``with_request`` is ``busy + 1``."""
+        if self.padded is None:
+            busy = np.cumsum(self.rates[members])[:, None] * u
+            return busy, busy + 1
+        per_member = self.rates[members][:, None] * u
+        alone = self._pad(per_member)
+        busy = np.cumsum(alone, axis=0)
+        return busy, busy + np.maximum.accumulate(self._pad(per_member + 1) - alone, axis=0)
+
+    def _pad(self, rows: np.ndarray) -> np.ndarray:
+        """``p(rows)``: the bucketed size at whole rows, linear between them; rows beyond
+        ``max_batch + 2`` count as ``max_batch + 2`` (a batch the plan refuses anyway)."""
+        rows = np.minimum(rows, self.max_batch + 2)
+        whole = np.minimum(rows.astype(int), len(self.padded) - 2)
+        lo, hi = self.padded[whole], self.padded[whole + 1]
+        return lo + (hi - lo) * (rows - whole)
 
     def extrapolated(self, s: int) -> bool:
         """Whether grid share ``s`` lies below the profile's smallest measured share."""
@@ -423,16 +482,15 @@ class _Runs:
 
 def _runs(t: _Tables, a: int, stop: int) -> _Runs:
     """Size every group ``a .. b-1`` for ``b`` up to ``stop`` at once."""
-    cum = np.cumsum(t.rates[a:stop])
-    rows = cum[:, None] * t.u                                     # (groups, u): expected rows
     members = np.arange(a, stop)
-    own = t.lookup(members, rows + 1)
+    _, rows = t.rows(members, t.u)                                # (groups, u): a request's batch
+    own = t.lookup(members, rows)
     before = np.concatenate((np.zeros_like(own[:1]), np.cumsum(own[:-1], axis=0)))
-    measured = before + t.lookup(members + t.n, rows + 1)         # (groups, u, measured shares)
-    budget = np.where(rows + 1 <= t.max_batch, np.minimum.accumulate(t.budgets[a:stop])[:, None], -1.0)
+    measured = before + t.lookup(members + t.n, rows)             # (groups, u, measured shares)
+    budget = np.where(rows <= t.max_batch, np.minimum.accumulate(t.budgets[a:stop])[:, None], -1.0)
     chunk = max(1, _CHUNK_CELLS // (len(t.u) * len(t.shares)))
     parts = [_best_sizes(t, measured[i:i + chunk], budget[i:i + chunk])
-             for i in range(0, len(cum), chunk)]
+             for i in range(0, len(members), chunk)]
     return _Runs(*(np.concatenate(x) for x in zip(*parts)))
 
 
@@ -451,8 +509,8 @@ def _best_sizes(t: _Tables, measured: np.ndarray, budget: np.ndarray) -> tuple[n
 def _group(t: _Tables, a: int, b: int, runs: _Runs) -> Group:
     """The `Group` of types ``a .. b-1`` as ``runs`` (from ``a``) sized it."""
     i, u, s = b - a - 1, t.u[runs.u[b - a - 1]], runs.share[b - a - 1]
-    rows = np.cumsum(t.rates[a:b])[:, None] * u
     members = np.arange(a, b)
+    rows, _ = t.rows(members, np.array([u]))
     blocks = np.append(members[:-1], members[-1] + t.n)
     busy = float(t.lookup(blocks, rows).sum(axis=0)[0] @ t.weights[:, s])
     replicas = int(runs.replicas[i])
@@ -501,11 +559,11 @@ def _arrays(t: _Tables, g: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     profile), and the expected rows per ``u``."""
     a = int(np.searchsorted(t.frags, g.fragments[0]))
     members = np.arange(a, a + len(g.fragments))
-    rows = np.cumsum(t.rates[members])[:, None] * t.u
+    rows, with_request = t.rows(members, t.u)
     blocks = np.append(members[:-1], members[-1] + t.n)
-    latency = t.lookup(blocks, rows + 1).sum(axis=0) @ t.weights
+    latency = t.lookup(blocks, with_request).sum(axis=0) @ t.weights
     busy = t.lookup(blocks, rows).sum(axis=0) @ t.weights
-    budget = np.where(rows[-1] + 1 <= t.max_batch, g.budget_s, -1.0)
+    budget = np.where(with_request[-1] <= t.max_batch, g.budget_s, -1.0)
     return latency, busy, budget, rows[-1]
 
 

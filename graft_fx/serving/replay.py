@@ -11,7 +11,8 @@ turns on it (time sharing); a group's requests go to its replicas in turn, in ar
 (`routing.Router`, the rule the runtime follows too). Instances on separate shares do not slow each
 other (SM partitions do; memory bandwidth is shared on a real GPU, which the profile's per-share
 measurements include only for one tenant at a time). Every batch takes exactly the profile's
-latency for its mix (`pricing.group_latency`), so a request is answered on time or dropped.
+latency for its mix (`pricing.group_latency`; with ``buckets``, at its padded rows), so a request
+is answered on time or dropped.
 """
 
 from __future__ import annotations
@@ -67,16 +68,18 @@ class Run:
         return ~np.isnan(self.finish_s) & (self.finish_s <= stream.deadline_s)
 
 
-def run_plan(stream: Stream, profile: Profile, the_plan: Plan) -> Run:
+def run_plan(stream: Stream, profile: Profile, the_plan: Plan, buckets: Sequence[int] | None = None) -> Run:
     """Serve ``stream`` with one instance per replica of each group of ``the_plan``."""
-    return run_epochs(stream, profile, [Epoch(0.0, the_plan)])
+    return run_epochs(stream, profile, [Epoch(0.0, the_plan)], buckets)
 
 
-def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run:
+def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch],
+               buckets: Sequence[int] | None = None) -> Run:
     """Serve each request on the plan in force when it arrives: one `Router` per epoch sends a
     group's requests to its replicas' partitions in turn, in arrival order; a partition of one
     group is one `BatchQueue` on its own executor (`run_offline`), a time-shared one runs its
-    groups' queues in turns (`run_shared`). An instance drains its own queue when its epoch ends."""
+    groups' queues in turns (`run_shared`). An instance drains its own queue when its epoch ends.
+    With ``buckets`` every batch takes the latency of its padded rows (`pricing.group_latency`)."""
     finish = np.full(len(stream.requests), np.nan)
     starts = [e.start_s for e in epochs]
     routers = [Router(e.plan) for e in epochs]
@@ -93,7 +96,7 @@ def run_epochs(stream: Stream, profile: Profile, epochs: Sequence[Epoch]) -> Run
             # priced on the types present (a one-type batch takes the fast path), else on the group's
             present = (sorted({r.fragment for requests in replicas for r in requests})
                        or list(epoch.plan.groups[g].fragments))
-            latency = group_latency(profile, present, epoch.plan.partitions[places[0]].share)
+            latency = group_latency(profile, present, epoch.plan.partitions[places[0]].share, buckets)
             for p, requests in zip(places, replicas):
                 turns.setdefault(p, []).append((requests, latency))
         for queues in turns.values():

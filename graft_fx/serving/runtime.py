@@ -6,7 +6,8 @@ what the simulator replays, with the same three pieces of policy, each written o
 
 - **routing** (`routing.Router`): a request of a fragment type goes to the group that serves it,
   and to that group's replicas in turn;
-- **pricing** (`pricing.group_latency`): what a batch of a group costs on its partition;
+- **pricing** (`pricing.group_latency`): what a batch of a group costs on its partition (at its
+  padded rows when the instances pad to ``buckets``);
 - **batching** (`batching.Turns`): each partition keeps one EDF `BatchQueue` per group it runs,
   waiting for a batch's latest start when the group is alone there, taking turns, the most
   urgent first, when the partition is time-shared, and dropping a request as soon as it can no
@@ -30,6 +31,13 @@ stream; a partition smaller than the device gets a green context of its SMs
 (``torch.cuda.green_contexts.GreenContext``, PyTorch 2.10+ with CUDA 12.8+), and where green
 contexts are missing or refused it falls back to a plain stream on the whole device, with a
 warning: the groups then share all SMs, so latencies can exceed the profile's under load.
+
+**Padded batching** (``buckets``, `graft_fx.buckets`): each instance's realigned module pads
+every present member's rows up to the next bucket, so that a static-shape executor (a CUDA graph,
+a graph compiled without dynamic shapes) sees a bounded set of shapes; the padding rows never
+reach an answer. The queues then price every batch at its padded rows, as the planner sized it
+(`planner.plan` with the same ``buckets``), and the runtime refuses instances that pad otherwise
+than it prices.
 
 **Answers.** `Runtime.submit` returns a ``concurrent.futures.Future`` that resolves to the
 request's output row, or fails with `Rejected` and one of `REASONS`. Every request is answered
@@ -56,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..buckets import check_buckets
 from ..errors import GraftError
 from .batching import Latency, Turns
 from .deployment import deploy
@@ -142,20 +151,24 @@ class Runtime:
     starts ``lead_s`` (`LEAD_S`) plus `LEAD_FRACTION` of its price before its latest start.
     ``slo_s`` maps fragment types to the budget (s) a request without a deadline gets (default:
     its group's planned budget, `planner.Group`); ``max_queue`` bounds the requests waiting on one
-    partition. Every instance is warmed up before the workers start (`_warm`), so that no request
-    pays for a first run. Raises GraftError when the plan does not fit one device or an instance
-    does not match its group.
+    partition. ``buckets`` says how the instances pad their rows ("Padded batching"; None: they
+    do not), and the queues price batches accordingly. Every instance is warmed up before the
+    workers start (`_warm`), so that no request pays for a first run. Raises GraftError when the
+    plan does not fit one device, an instance does not match its group, or an instance pads to
+    other buckets than ``buckets``.
     """
 
     def __init__(self, plan: Plan, profile: Profile, instances: Sequence[Instance], *, model: str | None = None,
                  device: str | torch.device = "cpu", slo_s: Mapping[int, float] | None = None,
                  pricing: Profile | None = None, max_queue: int = MAX_QUEUE, overhead_s: float = OVERHEAD_S,
-                 lead_s: float = LEAD_S,
+                 lead_s: float = LEAD_S, buckets: Sequence[int] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         if len(instances) != len(plan.groups) or any(
                 tuple(i.fragments) != tuple(g.fragments) for i, g in zip(instances, plan.groups)):
             raise GraftError(f"instances for groups {[tuple(i.fragments) for i in instances]}: expected one per "
                              f"group of the plan, {[tuple(g.fragments) for g in plan.groups]}")
+        self.buckets = None if buckets is None else check_buckets(buckets)
+        _check_padding(instances, self.buckets)
         gpus = deploy(plan, profile).gpus
         if gpus > 1:
             raise GraftError(f"the plan's partitions (total share {plan.total_share:.2f}) need {gpus} devices; a "
@@ -187,11 +200,12 @@ class Runtime:
                    device: str | torch.device = "cpu", verify: bool = True, **options: Any) -> Runtime:
         """Cut ``model`` (``example``: an input batch) at the profile's fragments, realign each
         group's tails (`instances.build`, checked against the model when ``verify``) and serve
-        them; ``options`` go to `Runtime`."""
+        them; ``options`` go to `Runtime`, and ``buckets`` among them to `instances.build` too, so
+        that the instances pad their rows as the queues price them."""
         from .instances import build
 
-        return cls(plan, profile, build(model, example, profile, plan, device=device, verify=verify),
-                   device=device, **options)
+        instances = build(model, example, profile, plan, device=device, verify=verify, buckets=options.get("buckets"))
+        return cls(plan, profile, instances, device=device, **options)
 
     def _spec(self, g: int, f: int, slo_s: Mapping[int, float] | None) -> FragmentSpec:
         instance = self.instances[g]
@@ -304,7 +318,8 @@ class _Worker:
     def __init__(self, runtime: Runtime, index: int, partition: Partition, pricing: Profile, max_queue: int):
         self.runtime, self.index, self.partition, self.max_queue = runtime, index, partition, max_queue
         plan = runtime.plan
-        self.prices = [_padded(group_latency(pricing, plan.groups[g].fragments, partition.share), runtime.overhead_s)
+        self.prices = [_padded(group_latency(pricing, plan.groups[g].fragments, partition.share, runtime.buckets),
+                               runtime.overhead_s)
                        for g in partition.groups]  # per group: a batch's price at pace 1
         self.pace = Pace()
         self.turns = Turns([self._paced(price) for price in self.prices], pricing.max_batch, runtime.lead_s,
@@ -456,6 +471,18 @@ def _green_stream(device: torch.device, share: float) -> torch.cuda.Stream | Non
                       "runs on a plain stream with every SM, so its latency may exceed the profile's under load",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def _check_padding(instances: Sequence[Instance], buckets: tuple[int, ...] | None) -> None:
+    """Raise GraftError unless every instance pads its rows to ``buckets`` (`Instance.buckets`;
+    an instance without the attribute does not pad): the queues price batches padded to
+    ``buckets``, and an instance that pads otherwise runs batches at other prices than planned."""
+    wrong = [(g, pads) for g, i in enumerate(instances) if (pads := getattr(i, "buckets", None)) != buckets]
+    if wrong:
+        said = "; ".join(f"group {g} pads to {None if pads is None else list(pads)}" for g, pads in wrong)
+        raise GraftError(f"the runtime prices batches padded to buckets={None if buckets is None else list(buckets)}, "
+                         f"but {said}; expected instances built with the same buckets (instances.build(..., "
+                         "buckets=...), or Runtime.from_model(..., buckets=...))")
 
 
 def _padded(latency: Latency, overhead_s: float) -> Latency:

@@ -44,18 +44,20 @@ QUANTILES = (0.01, 0.1, 0.5)  # budget quantiles the plans aim at, from the tigh
 MAX_DOUBLINGS = 6  # headroom searched from 1 to 64 times the observed load
 
 
-def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.0) -> list[Demand]:
+def demands(stream: Stream, profile: Profile, quantile: float, alpha: float = 1.0,
+            buckets: Sequence[int] | None = None) -> list[Demand]:
     """Per fragment type: the rate of its attainable requests times ``alpha``, and the
     ``quantile`` of their budgets, raised to the least budget the planner can plan for (types with
     no attainable request are left out: no share can serve them). Requests that no server could
     answer in time are not planned for: they would only buy share for drops."""
     rates = stream.rates(attainable_only=True)
-    return [Demand(f, rates[f] * alpha, max(float(np.quantile(b, quantile)), least_budget(profile, f)))
+    return [Demand(f, rates[f] * alpha, max(float(np.quantile(b, quantile)), least_budget(profile, f, buckets)))
             for f, b in stream.attainable_budgets.items()]
 
 
 def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, realign: bool,
-               partitioning: Partitioning, replan_s: float | None) -> list[Epoch]:
+               partitioning: Partitioning, replan_s: float | None,
+               buckets: Sequence[int] | None = None) -> list[Epoch]:
     """The plans for one (budget quantile, headroom): one for the whole stream, or, every
     ``replan_s`` seconds, what a `Replanner` makes of the rates that arrived in the window
     before (the first window plans on its own rates, as a server would from yesterday's).
@@ -65,9 +67,10 @@ def epochs_for(stream: Stream, profile: Profile, quantile: float, alpha: float, 
     policy.
     """
     if replan_s is None:
-        return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha), realign, partitioning))]
-    budgets = {d.fragment: d.budget_s for d in demands(stream, profile, quantile)}
-    replanner = Replanner(profile, budgets, realign=realign, partitioning=partitioning)
+        return [Epoch(0.0, plan(profile, demands(stream, profile, quantile, alpha, buckets), realign, partitioning,
+                                buckets=buckets))]
+    budgets = {d.fragment: d.budget_s for d in demands(stream, profile, quantile, buckets=buckets)}
+    replanner = Replanner(profile, budgets, realign=realign, partitioning=partitioning, buckets=buckets)
     arrivals, fragments = stream.arrival_s, stream.fragment
     windows = max(1, math.ceil(max(arrivals.max(initial=0.0), stream.duration_s) / replan_s))
     epochs: list[Epoch] = []
@@ -86,26 +89,28 @@ ALPHAS = tuple(float(a) for a in np.geomspace(1.0, 2.0 ** MAX_DOUBLINGS, 8 * MAX
 
 def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
                 quantiles: Sequence[float] = QUANTILES, partitioning: Partitioning | None = None,
-                replan_s: float | None = None) -> tuple[Run | None, list[Run]]:
+                replan_s: float | None = None, buckets: Sequence[int] | None = None) -> tuple[Run | None, list[Run]]:
     """The run with the least total share that answers ``target`` of the attainable requests on
     time, and every run simulated (see the module docstring).
 
     Every (budget quantile, headroom) on the grid is planned (plans are cheap); the distinct plans
     are simulated in order of total share until one reaches the target, and then those of the same
     share, the tie going to the best attainment. Nothing assumes that success grows with the
-    headroom: a plan is skipped only when one no dearer has already succeeded.
+    headroom: a plan is skipped only when one no dearer has already succeeded. With ``buckets``
+    batches are padded: planned (`planner.plan`) and replayed (`replay.run_epochs`) at their
+    padded rows.
     """
     need = target * int(stream.attainable.sum())
     runs: list[Run] = []
     if need == 0:
         return None, runs  # the network leaves no request any time: no share can help
     partitioning = partitioning or for_device(profile.device)
-    candidates = _candidates(stream, profile, realign, quantiles, partitioning, replan_s)
+    candidates = _candidates(stream, profile, realign, quantiles, partitioning, replan_s, buckets)
     best, best_on_time = None, -1
     for share, epochs in candidates:
         if best is not None and share > best.total_share + 1e-12:
             break
-        run = run_epochs(stream, profile, epochs)
+        run = run_epochs(stream, profile, epochs, buckets)
         runs.append(run)
         on_time = int((run.on_time(stream) & stream.attainable).sum())
         if on_time >= need and on_time > best_on_time:
@@ -114,7 +119,8 @@ def least_share(stream: Stream, profile: Profile, realign: bool, target: float,
 
 
 def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequence[float],
-                partitioning: Partitioning, replan_s: float | None) -> list[tuple[float, list[Epoch]]]:
+                partitioning: Partitioning, replan_s: float | None,
+                buckets: Sequence[int] | None = None) -> list[tuple[float, list[Epoch]]]:
     """The distinct plans (epoch lists) of every (quantile, headroom), by total share; plans the
     profile cannot make (more load than it can plan for) and plans that do not fit on GPUs
     (`deployment.deploy`: a partition needing more memory than a GPU has) are left out.
@@ -129,7 +135,7 @@ def _candidates(stream: Stream, profile: Profile, realign: bool, quantiles: Sequ
         for q in quantiles:
             for alpha in ALPHAS:
                 try:
-                    epochs = epochs_for(stream, profile, q, alpha, mode, partitioning, replan_s)
+                    epochs = epochs_for(stream, profile, q, alpha, mode, partitioning, replan_s, buckets)
                 except GraftError:
                     break  # more load than the profile can plan for, and more headroom only adds load
                 key = tuple((e.start_s, e.plan) for e in epochs)

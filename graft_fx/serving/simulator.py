@@ -17,6 +17,12 @@ activation cuts only: the regime of many fragment types.
   every attainable request at the best batch efficiency the profile knows (`planner.fluid_bound`).
   It is not simulated. Since every plan keeps up with its load, no policy's share is below it.
 
+**Padded batching** (``Scenario.buckets``): the server's realigned modules pad each fragment's
+rows up to the next bucket (`graft_fx.buckets`), so the planner sizes groups and the virtual
+clock prices batches at their padded rows (`planner.plan`, `pricing.group_latency`), under
+``graft``, ``per-fragment`` and ``full-model`` alike. ``bound`` stays unpadded: padding only adds
+rows, so the bound of the unpadded rows is still below every padded plan.
+
 Each simulated policy's share is the least that answers ``target`` of the attainable requests on
 time (`search.least_share`, which explains the search, and with ``replan_s`` re-plans as the rates
 drift); every candidate plan is replayed on the virtual clock (`replay.run_epochs`, one
@@ -38,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..buckets import check_buckets
 from ..errors import GraftError
 from .partitions import Partitioning
 from .planner import fluid_bound
@@ -54,7 +61,9 @@ Progress = Callable[[str], None]  # told the name of each simulation as it finis
 @dataclass(frozen=True)
 class Scenario:
     """What one `simulate` call replays: ``clients`` sending for ``duration_s`` seconds to a
-    server whose latencies are ``profile``; ``costs`` are the model's cut points and FLOPs."""
+    server whose latencies are ``profile``; ``costs`` are the model's cut points and FLOPs.
+    ``buckets`` (ascending batch sizes, such as `graft_fx.buckets.POWERS_OF_TWO`) pads every
+    batch's rows per fragment ("Padded batching"); None runs them as they are."""
 
     profile: Profile
     costs: ModelCosts
@@ -66,6 +75,7 @@ class Scenario:
     partitioning: Partitioning | None = None  # default: green contexts of the profile's device
     replan_s: float | None = None  # re-plan every so many seconds on the rates just seen
     private_input: bool = False  # phones never upload the raw input (cut 0), except under full-model
+    buckets: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if not 0 < self.target <= 1 or not self.quantiles or not all(0 <= q < 1 for q in self.quantiles):
@@ -73,6 +83,8 @@ class Scenario:
                              f"expected 0 < target <= 1 and some quantiles in [0, 1)")
         if self.replan_s is not None and not self.replan_s > 0:
             raise GraftError(f"replan_s {self.replan_s}: expected a positive number of seconds, or None")
+        if self.buckets is not None:
+            object.__setattr__(self, "buckets", check_buckets(self.buckets))
 
 
 def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
@@ -93,7 +105,7 @@ def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,
         else:
             policy_stream = make_stream(scenario, full_model=True) if name == "full-model" else stream
             best, runs = least_share(policy_stream, scenario.profile, name == "graft", scenario.target,
-                                     scenario.quantiles, scenario.partitioning, scenario.replan_s)
+                                     scenario.quantiles, scenario.partitioning, scenario.replan_s, scenario.buckets)
             results.append(result(name, policy_stream, best, runs, scenario.profile))
         if progress:
             progress(name)

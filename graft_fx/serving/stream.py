@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..buckets import bucketed
 from ..errors import GraftError
 from .profiles import Profile
 from .requests import Request
@@ -99,7 +100,8 @@ def make_stream(scenario: Scenario, full_model: bool = False) -> Stream:
     with ``scenario.private_input``, any cut but the raw input)."""
     profile, cuts = scenario.profile, fragment_cuts(scenario.profile, scenario.costs)
     of_cut = {c: f for f, c in enumerate(cuts)}
-    alone = [profile.fragment_s(f, 1, 1.0) for f in range(len(cuts))]
+    one = 1 if scenario.buckets is None else bucketed(1, scenario.buckets)  # a lone request's rows, padded
+    alone = [profile.fragment_s(f, one, 1.0) for f in range(len(cuts))]
     workload = generate(scenario.clients, scenario.costs, scenario.duration_s, scenario.seed,
                         server_estimate=lambda c: alone[of_cut[c]],
                         fragments=cuts[:1] if full_model else cuts[1:] if scenario.private_input else cuts,
