@@ -9,7 +9,8 @@ a mismatch), and then, beyond that built-in check:
 
 * each tail applied to its head's output gives the model's output (the split is exact);
 * ``rm(x_1, x_2, x_3)`` equals each tail run alone for the batch sizes (1, 2, 0), (0, 1, 3) and
-  (2, absent, 1), on the heads' activations, at ``torch.testing.assert_close``'s default
+  (2, absent, 1), and so does the module realigned with ``buckets=(1, 2, 4)`` (padded batching)
+  at (3, 1, 2) and (0, 3, absent), on the heads' activations, at ``torch.testing.assert_close``'s default
   tolerances. Only where the model itself is not batch-invariant (a row's output moves when it
   runs alone rather than in a batch: CPU kernels block by batch size) is the looser
   ``bench.loose_tolerance`` allowed, the slack that ``verify`` allows. A 0-row fragment returns
@@ -107,7 +108,7 @@ def _clear_trace_error(e: graft_fx.TraceError) -> bool:
 
 def _aspect(item: pytest.Item) -> str:
     name = item.originalname
-    if name == "test_realigned_equals_each_tail_alone":
+    if name in ("test_realigned_equals_each_tail_alone", "test_padded_equals_each_tail_alone"):
         return "empty" if 0 in item.callspec.params["rows"] else "exact"
     return {"test_split_is_exact": "split", "test_realign_verifies": "verify", "test_cuts_reach_deep": "reach",
             "test_deepest_tail_shared_by_all_three": "shared"}[name]
@@ -194,6 +195,18 @@ def test_realigned_equals_each_tail_alone(served, rows):
     assert all(x.abs().max() > 0 for x in served.acts), "a fragment's input is all zeros"
     with torch.no_grad():
         _compare(served, lambda loose: bench.check_call(served.rm, served.tails, inputs, loose=loose))
+
+
+@pytest.mark.parametrize("rows", [(3, 1, 2), (0, 3, None)], ids=["3-1-2", "0-3-x"])
+def test_padded_equals_each_tail_alone(served, rows):
+    """The tails realigned with ``buckets`` (rows padded up to 1, 2 or 4 with copies of a real
+    row, cut back from every output): every model here is row-wise in eval mode, so padding must
+    be accepted and change nothing."""
+    _ready(served)
+    padded = graft_fx.realign(served.tails, verify=False, buckets=(1, 2, 4))
+    inputs = bench.call_inputs(served.acts, rows)
+    with torch.no_grad():
+        _compare(served, lambda loose: bench.check_call(padded, served.tails, inputs, loose=loose))
 
 
 def test_cuts_reach_deep(served):
