@@ -16,7 +16,8 @@ fragments whose weights were equal share one layer, and stacked or folded kernel
 computed from the values. So every call first compares the weights' version counters with those
 the alignment saw, and re-aligns when any moved. What torch.export captured stays as captured,
 as in an ExportedProgram: a replaced parameter object, a new hook or a train/eval switch needs
-``realign()`` again.
+``realign()`` again. So does an in-place update of a weight made under ``torch.inference_mode``
+(an inference tensor has no version counter to compare).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class RealignedModule(nn.Module):
         state = {id(t) for a in analyses for t in a.state.values()}  # updated by the fragments as they run
         self._weights = list({id(t): t for a in analyses for n in a.nodes if n.op == "get_attr"
                               for t in [fetch_attr(a.gm, n.target)]
-                              if isinstance(t, torch.Tensor) and id(t) not in state}.values())
+                              if isinstance(t, torch.Tensor) and id(t) not in state
+                              and not t.is_inference()}.values())  # no version counter: see the docstring
         self._align()
 
     def _align(self) -> None:

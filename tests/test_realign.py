@@ -266,3 +266,16 @@ def test_autocast_regions_are_captured_as_they_run():
     a, b = rm(x, y)
     torch.testing.assert_close(a, model(x))  # float32 tolerance: bf16 rounding would exceed it if dropped
     torch.testing.assert_close(b, model(y))
+
+
+def test_weights_made_under_inference_mode_realign_and_run():
+    """Inference tensors have no version counter; the module must not read one (found by the
+    compile benchmark, whose models were built under inference_mode)."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)).eval()
+        x = torch.randn(2, 8)
+        rm = graft_fx.realign([m, m[1:]], [x, m[0](x)])
+        a, b = rm(x, m[0](x))
+        torch.testing.assert_close(a, m(x))
+        torch.testing.assert_close(b, m[1:](m[0](x)))
