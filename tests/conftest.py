@@ -9,7 +9,9 @@ left unset, so the kernels compile, unless the environment sets it.
 
 import os
 
+import pytest
 import torch
+from torch._dynamo.utils import counters
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -25,3 +27,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("GRAFT_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches and counters emptied before and after a test that compiles, so that each
+    test counts its own compilations and rewrites."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()

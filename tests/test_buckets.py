@@ -66,12 +66,7 @@ def padded():
     return realign_all(tails, [example() for _ in tails], buckets=BUCKETS)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 # --- the bucket list --------------------------------------------------------------------------

@@ -35,12 +35,7 @@ def rm():
     return realign_all([model, model[2:]], [torch.randn(2, 6), torch.randn(2, 8)])
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def compiled_graphs() -> int:
