@@ -894,24 +894,30 @@ def _impure(node: fx.Node) -> bool:
 
 
 RANDOM_ONLY_IF = {
-    **{name: (2, "train", None, lambda train: train is not False) for name in DROPOUTS},
-    "scaled_dot_product_attention": (4, "dropout_p", 0.0, lambda p: p != 0),
+    **{name: ("train", None, lambda train: train is not False) for name in DROPOUTS},
+    **{name: ("train", None, lambda train: train is not False) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
+    "scaled_dot_product_attention": ("dropout_p", 0.0, lambda p: p != 0),
 }
 """Ops tagged ``nondeterministic_seeded`` that draw random numbers only for some values of one
-argument: op name -> (position, keyword, default, whether that value draws). Dropout with
-``train=False`` is the identity; attention with ``dropout_p=0`` (every eval-mode transformer)
-draws nothing."""
+argument: op name -> (argument name, default, whether that value draws). Dropout with
+``train=False`` is the identity; an RNN in eval mode (``train=False``) applies no dropout between
+its layers; attention with ``dropout_p=0`` (every eval-mode transformer) draws nothing."""
 
 
 def draws_random(node: fx.Node) -> bool:
     """Whether the op draws from the random stream: ATen's ``nondeterministic_seeded`` tag, unless
-    `RANDOM_ONLY_IF` says its arguments draw nothing."""
+    `RANDOM_ONLY_IF` says its arguments draw nothing (the argument found by name in the
+    overload's schema: overloads place it differently, as ``lstm.input`` and ``lstm.data`` do)."""
     if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
         return False
     rule = RANDOM_ONLY_IF.get(op_name(node))
     if rule is None:
         return True
-    position, keyword, default, draws = rule
+    keyword, default, draws = rule
+    names = [a.name for a in node.target._schema.arguments]
+    if keyword not in names:
+        return True
+    position = names.index(keyword)
     value = node.args[position] if len(node.args) > position else node.kwargs.get(keyword, default)
     return isinstance(value, fx.Node) or draws(value)
 

@@ -86,3 +86,26 @@ def test_attention_without_dropout_is_compared_not_skipped(monkeypatch):
         realign_all([Attends(), Attends()], [torch.randn(2, 3, 4)] * 2)
     with pytest.warns(UserWarning, match="random"):
         realign_all([Attends(0.5), Attends(0.5)], [torch.randn(2, 3, 4)] * 2)
+
+
+class Recurs(nn.Module):
+    """An LSTM (or GRU) whose ATen op is tagged as drawing random numbers for its dropout."""
+
+    def __init__(self, cell=nn.LSTM, dropout: float = 0.0):
+        super().__init__()
+        self.rnn = cell(4, 4, num_layers=2, dropout=dropout, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0].flip(0)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_eval_mode_recurrent_layers_are_compared_not_skipped(monkeypatch, cell):
+    """Found by review: lstm/gru/rnn carry the random tag for their dropout, so the guard skipped
+    (and padding refused) every RNN fragment. In eval mode they draw nothing and are compared;
+    in training mode with dropout they are not (and warned about)."""
+    monkeypatch.setitem(separable.RULES, "flip", WRONG)
+    with pytest.raises(graft_fx.GraftError, match="first differing node"):
+        realign_all([Recurs(cell).eval(), Recurs(cell).eval()], [torch.randn(2, 3, 4)] * 2)
+    with pytest.warns(UserWarning, match="random"):
+        realign_all([Recurs(cell, 0.5).train(), Recurs(cell, 0.5).train()], [torch.randn(2, 3, 4)] * 2)
