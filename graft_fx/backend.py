@@ -5,13 +5,17 @@ tail_b(xb)``, hands Dynamo one graph holding all of them. The backend finds them
 realigns them with the same passes as `graft_fx.realign`, so a user gets re-alignment from
 ``torch.compile(fn, backend="graft")`` without changing the code:
 
-1. **Split the graph into fragments** (`fragments_of`). A placeholder is a *weight* when Dynamo
-   lifted it from a module's parameters or buffers, a *size* when it is a SymInt, else *data*
-   (rows). Nodes are joined into components through the values they compute from data; weights,
-   sizes and values computed from weights alone do not join anything (two tails of one model
-   read the same weight placeholders). A component that reads data and produces graph outputs
-   is a fragment. Every output must come from exactly one fragment; otherwise (``a(x) + b(y)``)
-   the graph has no independent fragments.
+1. **Split the graph into fragments** (`fragments_of`). A placeholder is *data* (rows) when it
+   is a tensor argument of the compiled function, a *size* when it is a SymInt, and else a
+   *weight*: a module's parameter or buffer, or a tensor the function reads from a global, a
+   closure or an attribute. Nodes are joined into components through the values they compute
+   from data; weights, sizes and values computed from weights alone do not join anything (two
+   tails of one model read the same weight placeholders). A component that reads data and
+   produces graph outputs is a fragment. Every output must come from exactly one fragment;
+   otherwise (``a(x) + b(y)``) the graph has no independent fragments. Nor has a graph with a
+   side effect on weights alone (a call counter, a batch norm's ``num_batches_tracked``), which
+   no fragment would carry, or with a data input that is not a batch of rows of one shape (a
+   0-dim tensor, a sequence whose length Dynamo made dynamic).
 2. **Give each fragment its own GraphModule**: its data placeholders become its inputs, its
    weights become the module's own parameters and buffers (the very tensors the caller's
    modules hold, so in-place updates reach them), size placeholders become ``x.size(d)`` of
@@ -45,10 +49,12 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch._dynamo.backends.registry import lookup_backend, register_backend
 from torch._dynamo.backends import registry
-from torch._dynamo.source import is_from_unspecialized_param_buffer_source
+from torch._dynamo.source import LocalSource, is_from_unspecialized_param_buffer_source
 from torch._dynamo.utils import counters
 
 from .errors import GraftError
+from .keys import SHARES
+from .lowering import KERNELS
 from .realign import RealignedModule, realign
 
 NAME = "graft"
@@ -70,12 +76,15 @@ class Fragment:
 
 
 def _kind(node: fx.Node, example: Any) -> str:
-    """``"weight"``, ``"size"`` or ``"data"`` for a placeholder (module docstring)."""
+    """``"weight"``, ``"size"`` or ``"data"`` for a placeholder (module docstring). Data is a
+    tensor the compiled function takes as an argument; any other tensor (a module's parameter or
+    buffer, a global, a closure's or an attribute's tensor) is a constant of the graph, a weight."""
     if not isinstance(example, torch.Tensor):
         return "size"
-    arg = node.meta.get("grapharg")
-    source = getattr(arg, "source", None)
+    source = getattr(node.meta.get("grapharg"), "source", None)
     if isinstance(example, nn.Parameter) or (source is not None and is_from_unspecialized_param_buffer_source(source)):
+        return "weight"
+    if source is not None and not (isinstance(source, LocalSource) and source.is_input):
         return "weight"
     return "data"
 
@@ -104,6 +113,8 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     kinds = {n: _kind(n, x) for n, x in zip(placeholders, example_inputs)}
     on_rows: set[fx.Node] = {n for n in placeholders if kinds[n] == "data"}  # computed from data
+    if not all(_batched(p) for p in on_rows):
+        return []
     parts = _Components()
     for n in gm.graph.nodes:
         if n.op in ("call_function", "call_method", "call_module"):
@@ -112,6 +123,9 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
                 on_rows.add(n)
                 for a in inputs:
                     parts.union(n, a)
+    if any(n.op.startswith("call_") and not n.users and n not in on_rows and n.all_input_nodes
+           for n in gm.graph.nodes):
+        return []  # a side effect on weights alone (a call counter): it belongs to no fragment
     output = next(n for n in gm.graph.nodes if n.op == "output")
     leaves = pytree.tree_leaves(output.args[0])
     if not all(isinstance(x, fx.Node) and x in on_rows and x.op != "placeholder" for x in leaves):
@@ -134,6 +148,15 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
         fragment_gm, weights = made
         fragments.append(Fragment(fragment_gm, tuple(position[p] for p in data_of[root]), tuple(outputs), weights))
     return fragments
+
+
+def _batched(data: fx.Node) -> bool:
+    """Whether a data input can be a fragment's batch: dim 0 its only dim that may vary. A 0-dim
+    tensor has no rows; a sequence whose length Dynamo made dynamic (``[B, T, F]``) would fix
+    ``T`` in the realigned module, which takes one row shape per input."""
+    value = data.meta.get("example_value")
+    shape = getattr(value, "shape", None)
+    return shape is not None and len(shape) >= 1 and all(isinstance(s, int) for s in shape[1:])
 
 
 def _extract(gm: fx.GraphModule, members: set[fx.Node], data: list[fx.Node], outputs: list[fx.Node],
@@ -220,12 +243,11 @@ class _Realigned:
     def __call__(self, *args: Any) -> Any:
         if self.unchanged is not None:
             return self.unchanged(*args)
-        if self.rm is None or any(args[i] is not t for f in self.fragments for i, t in f.weights):
+        if self.rm is None or any(args[i] is not t for f in self.fragments for i, t in f.weights) \
+                or self.rm.weights_updated():  # compiled, the module cannot re-align itself
             self._realign(args)
             if self.unchanged is not None:
                 return self.unchanged(*args)
-        elif self.rm.weights_updated():
-            self._realign(args)  # compiled, the module cannot re-align itself (`RealignedModule.forward`)
         results = self.module(*_inputs(self.fragments, args))
         out: list[Any] = [None] * self.num_outputs
         for f, values in zip(self.fragments, results):
@@ -290,10 +312,7 @@ def graft(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | Non
     compiler = options.pop("compiler", "inductor")
     if compiler not in COMPILERS:
         raise GraftError(f"graft backend: compiler={compiler!r}: expected one of {', '.join(COMPILERS)}")
-    unknown = set(options) - {"verify", "min_flops_per_byte", "kernels", "share"}
-    if unknown:
-        raise GraftError(f"graft backend: unknown option(s) {sorted(unknown)}; expected compiler, verify, "
-                         "min_flops_per_byte, kernels, share")
+    _check_options(options)
     inner = lookup_backend(compiler)
     fragments = fragments_of(gm, example_inputs)
 
@@ -308,6 +327,23 @@ def graft(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | Non
         return inner(gm, example_inputs)
     num_outputs = len(pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args[0]))
     return _Realigned(fragments, num_outputs, build, lambda: gm if compiler == "eager" else torch.compile(gm, backend=compiler))
+
+
+def _check_options(options: dict) -> None:
+    """GraftError for an option `realign` would refuse only on the first call, or not at all."""
+    unknown = set(options) - {"verify", "min_flops_per_byte", "kernels", "share"}
+    if unknown:
+        raise GraftError(f"graft backend: unknown option(s) {sorted(unknown)}; expected compiler, verify, "
+                         "min_flops_per_byte, kernels, share")
+    checks = {"verify": (lambda v: isinstance(v, bool), "True or False"),
+              "min_flops_per_byte": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                                     "a number of FLOPs per byte, 0 or more"),
+              "kernels": (lambda v: v in KERNELS, f"one of {', '.join(KERNELS)}"),
+              "share": (lambda v: v in SHARES, f"one of {', '.join(SHARES)}")}
+    for name, value in options.items():
+        ok, expected = checks[name]
+        if not ok(value):
+            raise GraftError(f"graft backend: {name}={value!r}: expected {expected}")
 
 
 def register() -> None:

@@ -183,3 +183,76 @@ def test_inductor_compiles_the_realigned_module():
     fn = torch.compile(serve, backend="graft", options={"min_flops_per_byte": 0}, fullgraph=True)
     check(fn, serve, torch.randn(3, 32), torch.randn(5, 8))
     assert counters["graft"]["realign"] == 1
+
+
+def test_a_weight_update_that_leaves_nothing_shared_runs_the_graph_unchanged_at_once():
+    """Found by review: the first call after such an update still ran the stale realigned graph."""
+    a = mlp()
+    b = copy.deepcopy(a)
+
+    def serve(x, y):
+        return a(x), b(y)
+
+    fn = compiled(serve)
+    x, y = torch.randn(3, 8), torch.randn(5, 8)
+    check(fn, serve, x, y)
+    with torch.no_grad():
+        b[4].weight.add_(1.0)  # the last layer differs now: no suffix is shared
+    check(fn, serve, x, y)
+
+
+class Counted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.body(x)
+
+
+def test_side_effects_on_weights_alone_keep_the_graph_unchanged():
+    """Found by review: a call counter (or a train-mode batch norm's num_batches_tracked) reads
+    no data, so it belonged to no fragment and was dropped. Such a graph is compiled unchanged."""
+    a = Counted().eval()
+    b = copy.deepcopy(a)
+    fn = compiled(lambda x, y: (a(x), b(y)))
+    for _ in range(3):
+        fn(torch.randn(3, 8), torch.randn(4, 8))
+    assert a.calls.item() == b.calls.item() == 3
+    assert counters["graft"]["realign"] == 0
+
+
+TEMPERATURE, MEAN, PROTOTYPES = torch.tensor(2.0), torch.randn(1, 32), torch.randn(2, 4)
+
+
+@pytest.mark.parametrize("tail", [lambda m, x: m[2:](x) / TEMPERATURE, lambda m, x: m[2:](x - MEAN),
+                                  lambda m, x: m[2:](x) @ PROTOTYPES.T], ids=["scalar", "row", "matrix"])
+def test_tensors_the_function_closes_over_are_constants_not_fragments(tail):
+    """Found by review: globals and closures' tensors were taken for batched inputs (a crash)."""
+    model = mlp()
+
+    def serve(x, y):
+        return tail(model, x), model(y)
+
+    check(compiled(serve), serve, torch.randn(3, 32), torch.randn(4, 8))
+
+
+def test_sequences_of_varying_length_are_compiled_unchanged():
+    """Found by review: with T dynamic, the realigned module fixed T at its first value."""
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64)).eval()
+
+    def serve(xa, xb):
+        return model[2:](xa), model(xb)
+
+    fn = compiled(serve)
+    for na, nb, t in ((3, 5, 4), (4, 6, 5), (2, 3, 7)):
+        check(fn, serve, torch.randn(na, t, 128), torch.randn(nb, t, 64))
+
+
+@pytest.mark.parametrize("option, value", [("share", "structur"), ("kernels", "cuda"), ("min_flops_per_byte", "x"),
+                                           ("min_flops_per_byte", -1), ("verify", "yes")])
+def test_a_bad_option_value_is_a_clear_error_at_compile_time(option, value):
+    with pytest.raises(Exception, match=f"{option}="):
+        compiled(lambda x: (x * 2,), **{option: value})(torch.randn(2))
