@@ -254,7 +254,16 @@ class PaddedRealignedModule(RealignedModule):
         """``RealignedModule.forward`` on padded rows (see the class docstring). Raises
         GraftError for a wrong number of inputs or an input that does not fit its specs."""
         args, rows = self._pad(inputs)
+        if not any(rows):
+            return self._run_eagerly(*args)
         return self._unpad(inputs, args, self._run(*args), rows)
+
+    @torch.compiler.disable
+    def _run_eagerly(self, *inputs: Any) -> tuple[Any, ...]:
+        """A call without rows (every fragment absent or empty), run eagerly: compiled, its frame
+        of ``_run`` would hold no tensor op, and Dynamo would then skip ``_run``'s code for good,
+        so every later call would run eagerly too."""
+        return self._run(*inputs)
 
     @torch.compiler.disable
     def _pad(self, inputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[int | None]]:

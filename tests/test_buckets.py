@@ -200,6 +200,20 @@ def test_static_compilation_compiles_once_per_mix_of_buckets(padded):
     assert counters["stats"]["unique_graphs"] == len(mixes) == 4
 
 
+def test_a_call_without_rows_does_not_knock_the_compiled_module_off_its_graphs(padded):
+    """Found by review: compiled without fullgraph, a call with every fragment absent made
+    Dynamo skip ``_run`` for good, so every later call recompiled pieces or ran eagerly."""
+    fast = torch.compile(padded, backend="aot_eager", dynamic=False)
+    args = random_inputs(padded, (3, None, None, 3), seed=0)
+    fast(*args)
+    graphs = counters["stats"]["unique_graphs"]
+    assert fast(None, None, None, None) == (None, None, None, None)
+    fast(*random_inputs(padded, (0, None, None, 0), seed=1))
+    outputs = fast(*args)
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(outputs[3], padded.reference(3)(args[3]))
+
+
 def test_static_compilation_with_inductor_is_exact():
     layer = linear()
     rm = realign_all([Tail(layer), Tail(layer, "transposed")], [example(), example()], buckets=BUCKETS)
