@@ -16,8 +16,9 @@ fragments whose weights were equal share one layer, and stacked or folded kernel
 computed from the values. So every call first compares the weights' version counters with those
 the alignment saw, and re-aligns when any moved. What torch.export captured stays as captured,
 as in an ExportedProgram: a replaced parameter object, a new hook or a train/eval switch needs
-``realign()`` again. So does an in-place update of a weight made under ``torch.inference_mode``
-(an inference tensor has no version counter to compare).
+``realign()`` again. So does an in-place update that bypasses the version counter: one through
+``.data`` (``w.data.mul_(0.5)``, which counts on the ``.data`` alias only), or one of a weight made
+under ``torch.inference_mode`` (an inference tensor has no version counter).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class RealignedModule(nn.Module):
                               for t in [fetch_attr(a.gm, n.target)]
                               if isinstance(t, torch.Tensor) and id(t) not in state
                               and not t.is_inference()}.values())  # no version counter: see the docstring
+        self._written = [written_inputs(a) for a in analyses]  # input positions each writes in place
         self._align()
 
     def _align(self) -> None:
@@ -154,9 +156,30 @@ class RealignedModule(nn.Module):
         Raises GraftError for a wrong number of inputs or an input that does not fit its
         fragment's input specs."""
         self._check_count(inputs)
-        if not torch.compiler.is_compiling() and self.weights_updated():
-            self._align()  # weights updated in place: which are equal, and what was stacked, may differ
+        if not torch.compiler.is_compiling():
+            self._check_aliasing(inputs)
+            if self.weights_updated():
+                self._align()  # weights updated in place: which are equal, and what was stacked, may differ
         return self._run(*inputs)
+
+    def _check_aliasing(self, inputs: tuple[Any, ...]) -> None:
+        """GraftError where a fragment writes into an input in place whose memory another input
+        of the call also holds (one tensor passed to two fragments): run one after the other, the
+        second reads what the first wrote, which one batched run cannot reproduce."""
+        if not any(self._written):
+            return
+        held = [(f, i, t) for f, x in enumerate(inputs) if x is not None
+                for i, t in enumerate(_as_tuple(x)) if isinstance(t, torch.Tensor) and t.numel()]
+        for f, i, t in held:
+            if i not in self._written[f]:
+                continue
+            for g, j, u in held:
+                if (g, j) != (f, i) and u.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                    raise GraftError(
+                        f"{self.fragment_name(f)} writes into its input {i} in place, and fragment {g}'s input "
+                        f"{j} is the same memory: run one after the other, the second would read the first's "
+                        "writes, which one batched run cannot reproduce; pass each fragment its own tensor "
+                        "(x.clone())")
 
     def _check_count(self, inputs: tuple[Any, ...]) -> None:
         if len(inputs) != self.num_fragments:
@@ -246,7 +269,6 @@ class PaddedRealignedModule(RealignedModule):
         super().__init__(analyses, min_flops_per_byte, share, kernels)
         self.buckets = buckets
         self._out_layouts = [output_layouts(a) for a in analyses]
-        self._written = [written_inputs(a) for a in analyses]
         self.register_forward_pre_hook(_refuse_export)
 
     @torch.compiler.disable(recursive=False)
@@ -270,6 +292,7 @@ class PaddedRealignedModule(RealignedModule):
         """The inputs padded to their buckets, and each fragment's real batch size (None for an
         absent one); re-aligns first where the weights were updated in place."""
         self._check_count(inputs)
+        self._check_aliasing(inputs)
         if self.weights_updated():
             self._align()
         rows = [None if x is None else self._checked(f, x)[0].shape[0] for f, x in enumerate(inputs)]

@@ -279,3 +279,30 @@ def test_weights_made_under_inference_mode_realign_and_run():
         a, b = rm(x, m[0](x))
         torch.testing.assert_close(a, m(x))
         torch.testing.assert_close(b, m[1:](m[0](x)))
+
+
+class WritesInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x.mul_(2).add_(1)
+        return self.lin(x)
+
+
+def test_one_tensor_given_to_two_fragments_that_write_into_it_is_refused():
+    """Found by review: run one after the other, the second fragment reads the first's writes;
+    batched, neither does. A clone each is fine."""
+    torch.manual_seed(0)
+    m = WritesInput().eval()
+    rm = graft_fx.realign([m, m], [torch.randn(3, 8)] * 2)
+    y = torch.randn(3, 8)
+    with pytest.raises(GraftError, match="writes into its input 0 in place, and fragment 1's input 0 is the same"):
+        rm(y, y)
+    a, b = y.clone(), y.clone()
+    out_a, out_b = rm(a, b)
+    want = y.clone()
+    torch.testing.assert_close(out_a, m(want))
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(a, want)
