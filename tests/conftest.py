@@ -11,10 +11,11 @@ import os
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from torch._dynamo.utils import counters  # noqa: E402 - imports triton: after TRITON_INTERPRET is set
 
 from hypothesis import HealthCheck, settings
 
