@@ -58,7 +58,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from graft_fx.errors import GraftError
-from graft_fx.kernels.dispatch import HAS_TRITON, activate, activation_code, use_triton
+from graft_fx.kernels.dispatch import HAS_TRITON, activate, activation_code, inference_only, use_triton
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -203,6 +203,9 @@ def _gather_linear_op(xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.
 def _(xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     check_inputs(xs, weight, bias, activation)
     return weight.new_empty((sum(x.shape[0] for x in xs), weight.shape[0]))
+
+
+inference_only(_gather_linear_op, "gather_linear")  # no backward formula: a backward raises
 
 
 @register_flop_formula(torch.ops.graft.gather_linear)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import GraftError
-from .dispatch import check_tensors
+from .dispatch import check_tensors, inference_only
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -84,6 +84,9 @@ def _(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, sizes: l
       center: torch.Tensor | None = None) -> torch.Tensor:
     _check(x, scale, shift, sizes, center)
     return torch.empty_like(x)
+
+
+inference_only(_segment_affine_op, "segment_affine")  # no backward formula: a backward raises
 
 
 @register_flop_formula(torch.ops.graft.segment_affine)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from ..errors import GraftError
-from .dispatch import check_tensors
+from .dispatch import check_tensors, inference_only
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -90,6 +90,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: l
     spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1
                for n, k, s, p, d in zip(x.shape[2:], weight.shape[3:], stride, padding, dilation)]
     return x.new_empty((x.shape[0], weight.shape[1], *spatial))
+
+
+inference_only(_segment_conv2d_op, "segment_conv2d")  # no backward formula: a backward raises
 
 
 @register_flop_formula(torch.ops.graft.segment_conv2d)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..errors import GraftError
-from .dispatch import HAS_TRITON, activate, activation_code, check_tensors, interpreting, use_triton
+from .dispatch import HAS_TRITON, activate, activation_code, check_tensors, inference_only, interpreting, use_triton
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 """The dtypes the op takes; ``x``, ``weight`` and ``bias`` share one."""
@@ -198,6 +198,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], bias: torch.Tenso
       activation: str = "none") -> torch.Tensor:
     _check(x, weight, sizes, bias, activation)
     return x.new_empty((x.shape[0], weight.shape[2]))
+
+
+inference_only(_segment_matmul_op, "segment_matmul")  # no backward formula: a backward raises
 
 
 @register_flop_formula(torch.ops.graft.segment_matmul)

@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 
 import graft_fx
 from graft_fx import GraftError
-from graft_fx.testing import assert_equivalent, calls, random_inputs
+from graft_fx.testing import assert_equivalent, calls, fine_tuned, random_inputs
 
 
 def mlp(act: nn.Module) -> nn.Module:
@@ -121,3 +121,26 @@ def test_a_junction_feeding_a_convolution_becomes_one_gather(fresh_counters):
     assert fresh_counters["graft"]["gather"] == 1
     for sizes in ((2, 1), (0, 1), (1, None)):
         assert_equivalent(rm, random_inputs(rm, sizes))
+
+
+@pytest.mark.parametrize("sizes", [(2, 3), (1, 1)])
+def test_a_backward_through_lowered_fine_tuned_copies_names_the_inference_only_op(sizes):
+    """Fine-tuned copies lowered into segment_matmul and segment_affine, called in grad mode on
+    rows that require grad: the outputs keep their autograd graph (values as without grad), and
+    a backward raises InferenceOnlyError naming the op, not "element 0 of tensors does not
+    require grad"."""
+    from graft_fx.kernels.dispatch import InferenceOnlyError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 6)).eval()
+    rm = graft_fx.realign(fine_tuned(model, 2), [torch.randn(2, 12)] * 2, share="structure", kernels="triton")
+    assert {"graft.segment_matmul.default", "graft.segment_affine.default"} <= {str(n.target) for n in kernel_calls(rm)}
+    inputs = [torch.randn(rows, 12, requires_grad=True) for rows in sizes]
+    outs = rm(*inputs)
+    with torch.no_grad():
+        expected = rm(*inputs)
+    for out, want in zip(outs, expected):
+        assert out.requires_grad
+        torch.testing.assert_close(out.detach(), want, rtol=0, atol=0)
+    with pytest.raises(InferenceOnlyError, match=r'graft::segment_\w+ is inference-only.*kernels="torch"'):
+        sum(out.sum() for out in outs).backward()
