@@ -101,6 +101,7 @@ class RealignedModule(nn.Module):
         self.plan: Plan = make_plan(self._analyses, self._classes, declined)
         self._class_of = {m: c for c in self._classes for m in c.members}
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
+        self._differentiable: dict[frozenset[int], fx.GraphModule] = {}  # unlowered, when kernels lower
         self._stacks: list = []  # weights stacked for the kernel ops, shared by the graphs
         self.graph_module = self.graph_for(frozenset(range(len(self._analyses))))
 
@@ -138,12 +139,24 @@ class RealignedModule(nn.Module):
     def class_of(self, f: int, node: fx.Node) -> NodeClass | None:
         return self._class_of.get((f, node))
 
-    def graph_for(self, present: frozenset[int]) -> fx.GraphModule:
-        """The realigned graph specialized to the fragments in ``present``, lowered."""
+    def graph_for(self, present: frozenset[int], lowered: bool = True) -> fx.GraphModule:
+        """The realigned graph specialized to the fragments in ``present``: lowered into graft's
+        kernel ops where ``kernels`` says, or, with ``lowered=False`` (`_differentiating`), on
+        library ops only, which autograd differentiates into the fragments' own weights (the
+        kernel ops are inference-only and read stacked copies of the weights)."""
+        if not lowered and self.kernels != "torch":
+            if present not in self._differentiable:
+                self._differentiable[present] = emit(self._analyses, self._classes, present)
+            return self._differentiable[present]
         if present not in self._graphs:
             gm = emit(self._analyses, self._classes, present)
             self._graphs[present] = lower(gm, self._examples(present), self.kernels, stacks=self._stacks)
         return self._graphs[present]
+
+    def _differentiating(self) -> bool:
+        """Whether this call must be differentiable into the weights: grad mode on and a weight
+        that requires grad (read per call: ``requires_grad_`` moves no version counter)."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in self._weights)
 
     def _examples(self, present: frozenset[int]) -> list[torch.Tensor | None]:
         """The graph's flat inputs for ``present``: two rows of each present fragment's input
@@ -204,10 +217,9 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
-        key = frozenset(present)
-        if present:
-            _build(self, key)
-        leaves = iter(self._graphs[key](*flat) if present else ())
+        key, lowered = frozenset(present), not self._differentiating()
+        graph = self.graph_for(key, lowered) if present and _build(self, key, lowered) else None
+        leaves = iter(graph(*flat) if present else ())
         outputs = []
         for f, a in enumerate(self._analyses):
             cap = a.captured
@@ -328,12 +340,13 @@ def _refuse_export(module: PaddedRealignedModule, inputs: tuple[Any, ...]) -> No
 
 
 @torch.compiler.assume_constant_result
-def _build(rm: RealignedModule, present: frozenset[int]) -> bool:
+def _build(rm: RealignedModule, present: frozenset[int], lowered: bool) -> bool:
     """Build ``rm``'s graph for the fragments in ``present`` (``graph_for``). Dynamo cannot trace
     building an fx graph (torch.fx is on its skip list, so it would break the graph), so it calls
-    this at trace time, as a constant; the traced code then reads the graph from ``rm._graphs``.
-    Which graph a call needs is decided by which inputs are None or empty, which Dynamo guards."""
-    rm.graph_for(present)
+    this at trace time, as a constant; the traced code then reads the graph from the cache.
+    Which graph a call needs is decided by which inputs are None or empty and by grad mode and
+    the weights' requires_grad, all of which Dynamo guards."""
+    rm.graph_for(present, lowered)
     return True
 
 
@@ -437,6 +450,8 @@ def realign(fragments: Sequence[Any], example_inputs: Sequence[Any] | None = Non
         raise GraftError("realign() needs at least one fragment; got an empty list")
     if share not in SHARES:
         raise GraftError(f"share={share!r}: expected one of {', '.join(SHARES)}")
+    if buckets is not None:
+        buckets = check_buckets(buckets)  # before the fragments are captured
     examples = list(example_inputs) if example_inputs is not None else [None] * len(fragments)
     if len(examples) != len(fragments):
         raise GraftError(f"realign() got {len(fragments)} fragments but {len(examples)} example inputs")

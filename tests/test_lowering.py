@@ -125,15 +125,18 @@ def test_a_junction_feeding_a_convolution_becomes_one_gather(fresh_counters):
 
 @pytest.mark.parametrize("sizes", [(2, 3), (1, 1)])
 def test_a_backward_through_lowered_fine_tuned_copies_names_the_inference_only_op(sizes):
-    """Fine-tuned copies lowered into segment_matmul and segment_affine, called in grad mode on
-    rows that require grad: the outputs keep their autograd graph (values as without grad), and
-    a backward raises InferenceOnlyError naming the op, not "element 0 of tensors does not
-    require grad"."""
+    """Fine-tuned copies lowered into segment_matmul and segment_affine, their weights frozen,
+    called in grad mode on rows that require grad: the outputs keep their autograd graph (values
+    as without grad), and a backward raises InferenceOnlyError naming the op, not "element 0 of
+    tensors does not require grad"."""
     from graft_fx.kernels.dispatch import InferenceOnlyError
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 6)).eval()
-    rm = graft_fx.realign(fine_tuned(model, 2), [torch.randn(2, 12)] * 2, share="structure", kernels="triton")
+    copies = fine_tuned(model, 2)
+    for p in (p for m in copies for p in m.parameters()):
+        p.requires_grad_(False)
+    rm = graft_fx.realign(copies, [torch.randn(2, 12)] * 2, share="structure", kernels="triton")
     assert {"graft.segment_matmul.default", "graft.segment_affine.default"} <= {str(n.target) for n in kernel_calls(rm)}
     inputs = [torch.randn(rows, 12, requires_grad=True) for rows in sizes]
     outs = rm(*inputs)
@@ -144,3 +147,24 @@ def test_a_backward_through_lowered_fine_tuned_copies_names_the_inference_only_o
         torch.testing.assert_close(out.detach(), want, rtol=0, atol=0)
     with pytest.raises(InferenceOnlyError, match=r'graft::segment_\w+ is inference-only.*kernels="torch"'):
         sum(out.sum() for out in outs).backward()
+
+
+def test_weights_that_require_grad_are_differentiated_through_the_library_ops():
+    """Found by review: the kernel ops read stacked copies of the weights, so a call in grad mode
+    lost the gradients into the fragments' own weights without a word. Such a call runs the
+    unlowered graph; under no_grad the kernels run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 6)).eval()
+    copies = fine_tuned(model, 2)
+    rm = graft_fx.realign(copies, [torch.randn(2, 12)] * 2, share="structure", kernels="triton")
+    xs = [torch.randn(3, 12), torch.randn(2, 12)]
+    sum(out.sum() for out in rm(*xs)).backward()
+    got = [p.grad.clone() for m in copies for p in m.parameters()]
+    for m in copies:
+        m.zero_grad()
+    sum(m(x).sum() for m, x in zip(copies, xs)).backward()
+    for g, want in zip(got, (p.grad for m in copies for p in m.parameters())):
+        torch.testing.assert_close(g, want)
+    with torch.no_grad():
+        rm(*xs)
+    assert kernel_calls(rm)  # the lowered graphs are still the ones inference runs
