@@ -15,7 +15,9 @@ the profiles must charge when padding is on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from numbers import Integral
 
 import torch
 import torch.fx as fx
@@ -31,13 +33,39 @@ POWERS_OF_TWO: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
-    """``buckets`` as a tuple, checked: positive ints, strictly increasing. Raises GraftError."""
+    """``buckets`` as a tuple of plain ints, checked: positive, strictly increasing. Raises GraftError.
+
+    Any ordered collection of integers will do (a list, a tuple, a range, a numpy array);
+    ``numbers.Integral`` values such as numpy ints come back as Python ints, bools are refused.
+    A string (``"1,2,4"``: the CLI's syntax, which ``graft_fx.cli`` parses), an unordered set or
+    mapping, and a lone number (``buckets=4``) are refused as a whole, with what to pass instead,
+    rather than taken apart character by character or failing with a bare TypeError.
+    """
+    if isinstance(buckets, (str, bytes, AbstractSet, Mapping)) or not isinstance(buckets, Iterable):
+        raise GraftError(f"buckets={buckets!r} ({type(buckets).__name__}): expected a sequence of batch sizes "
+                         "such as [1, 2, 4, 8] (the CLI's pow2 is graft_fx.buckets.POWERS_OF_TWO)")
     out = tuple(buckets)
-    if not out or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in out) \
-            or any(a >= b for a, b in zip(out, out[1:])):
-        raise GraftError(f"buckets={list(buckets)!r}: expected positive batch sizes in increasing order, "
-                         "such as [1, 2, 4, 8]")
-    return out
+    why = _bucket_problem(out)
+    if why:
+        shown = [int(b) if isinstance(b, Integral) and not isinstance(b, bool) else b for b in out]
+        raise GraftError(f"buckets={shown!r}: expected positive batch sizes in increasing order, "
+                         f"such as [1, 2, 4, 8]; {why}")
+    return tuple(int(b) for b in out)
+
+
+def _bucket_problem(buckets: tuple) -> str | None:
+    """What makes ``buckets`` no bucket list, or None when it is one."""
+    if not buckets:
+        return "the list is empty"
+    for b in buckets:
+        if isinstance(b, bool) or not isinstance(b, Integral):
+            return f"{b!r} is a {type(b).__name__}, not an integer"
+        if b < 1:
+            return f"{b} is below 1"
+    for a, b in zip(buckets, buckets[1:]):
+        if a >= b:
+            return f"{int(b)} does not exceed the {int(a)} before it"
+    return None
 
 
 def bucketed(rows: int, buckets: Sequence[int]) -> int:

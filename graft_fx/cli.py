@@ -109,6 +109,17 @@ def _buckets(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(expected) from None
 
 
+def _serve_header(profile: Any, partitioning: Any, buckets: tuple[int, ...] | None, requests: int, plan: Any) -> str:
+    """What ``serve`` prints before it runs: the profile, the partitions, the padding (with
+    ``--buckets``) and the graft ``plan`` for ``requests`` requests, one line per partition kind."""
+    from .serving import report
+
+    return "\n".join([f"profile: {profile.label}", f"partitions: {partitioning}"]
+                     + ([] if buckets is None else [report.padding_line(buckets)])
+                     + [f"graft plan for {requests} requests, {plan.total_share:.2f} of the device:"]
+                     + report.describe_plan(plan, profile.fragments))
+
+
 def _models(text: str) -> list[str]:
     """Comma-separated torchvision classifiers, each at most once."""
     import torchvision
@@ -305,6 +316,7 @@ def serve(args: argparse.Namespace) -> int:
     from .serving.deployment import deploy
     from .serving.loadgen import replay
     from .serving.measure import calibrate
+    from .serving.planner import check_buckets_fit
     from .serving.runtime import Runtime
     from .serving.simulator import simulate as simulate_policies
     from .serving.stream import make_stream
@@ -319,6 +331,7 @@ def serve(args: argparse.Namespace) -> int:
         raise GraftError(f"--device {args.device}: this machine has no CUDA device; expected cpu")
     setup = _served(args, "green-context")
     (profile, costs, (model, example)), = setup.served
+    check_buckets_fit(profile, args.buckets)  # before the calibration, which takes a while
     print("calibrating the profile to this device's speed now", file=sys.stderr)
     profile = calibrate(profile, model, example, device=device)
     slowest = max(profile.meta["scaled"])
@@ -338,9 +351,7 @@ def serve(args: argparse.Namespace) -> int:
     if planned.share is None:
         print(f"warning: no plan that fits this device answers 99% of the attainable requests on time; serving the "
               f"largest ({planned.plan.total_share:.2f} of the device)", file=sys.stderr)
-    print(f"profile: {profile.label}\npartitions: {setup.partitioning}\ngraft plan for {len(stream.requests)} requests, "
-          f"{planned.plan.total_share:.2f} of the device:")
-    print("\n".join(report.describe_plan(planned.plan, profile.fragments)))
+    print(_serve_header(profile, setup.partitioning, args.buckets, len(stream.requests), planned.plan))
     print("building the realigned instances and checking them against the model", file=sys.stderr)
     runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device, buckets=args.buckets)
     gc.freeze()  # what exists now lives as long as the server: keep the collector's full passes off it

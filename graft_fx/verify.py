@@ -54,18 +54,23 @@ the largest magnitude in its output tensor."""
 
 
 def assert_close(actual: Any, expected: Any, *, rtol: float | None = None, atol: float | None = None) -> None:
-    """``torch.testing.assert_close`` with a tolerance that fits batched kernels.
+    """``torch.testing.assert_close`` with a tolerance that fits batched kernels, NaN-aware.
 
     Eager PyTorch itself gives a sample different bits at different batch sizes (convolution and
     matrix-product kernels block and sum differently), so an element near zero in a large output
     can be off by more than its own relative tolerance. Unless ``rtol``/``atol`` are given, each
     tensor is compared with ``torch.testing``'s default tolerances for its dtype plus an absolute
-    slack of ``SCALE_RTOL`` default relative tolerances of the output's largest magnitude
-    (about 5e-4 on a float32 output of magnitude 50). A real re-alignment error moves values by
-    their own size and is far outside that. Raises AssertionError like ``torch.testing``.
+    slack of ``SCALE_RTOL`` default relative tolerances of the output's largest *finite*
+    magnitude (about 5e-4 on a float32 output of magnitude 50; see ``finite_scale``). A real
+    re-alignment error moves values by their own size and is far outside that.
+
+    NaN compares equal to NaN in the same place (a ``log`` of a negative input gives NaN in both
+    runs), but a NaN where ``expected`` holds a number, or a number where it holds NaN, is a
+    difference; infinities must match in sign and place. Raises AssertionError like
+    ``torch.testing``.
     """
     if rtol is not None or atol is not None:
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, check_device=False)
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, check_device=False)
         return
     a_leaves, a_spec = pytree.tree_flatten(actual)
     e_leaves, e_spec = pytree.tree_flatten(expected)
@@ -74,10 +79,20 @@ def assert_close(actual: Any, expected: Any, *, rtol: float | None = None, atol:
     for a, e in zip(a_leaves, e_leaves):
         if isinstance(e, torch.Tensor) and e.is_floating_point() and e.numel():
             default_rtol, default_atol = DEFAULT_TOLERANCES.get(e.dtype, (1.3e-6, 1e-5))
-            slack = SCALE_RTOL * default_rtol * e.detach().abs().max().item()
-            torch.testing.assert_close(a, e, rtol=default_rtol, atol=default_atol + slack, check_device=False)
+            slack = SCALE_RTOL * default_rtol * finite_scale(e)
+            torch.testing.assert_close(a, e, rtol=default_rtol, atol=default_atol + slack, equal_nan=True,
+                                       check_device=False)
         else:
-            torch.testing.assert_close(a, e, check_device=False)
+            torch.testing.assert_close(a, e, equal_nan=True, check_device=False)
+
+
+def finite_scale(t: torch.Tensor) -> float:
+    """The largest magnitude among ``t``'s finite elements, as a Python float; 0.0 when it has
+    none. A NaN or inf in an output must not make the tolerance NaN or infinite: NaN would make
+    ``torch.testing`` raise RuntimeError instead of comparing, inf would accept any difference."""
+    magnitudes = t.detach().abs()
+    finite = magnitudes[torch.isfinite(magnitudes)]
+    return finite.max().item() if finite.numel() else 0.0
 
 
 def _clone(inputs: Sequence[Any]) -> list[Any]:

@@ -3,6 +3,7 @@ padding would change refused, and compiled static shapes that stop recompiling."
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -81,6 +82,35 @@ def test_check_buckets_refuses_what_is_not_increasing_positive_ints(buckets):
 def test_check_buckets_returns_a_tuple():
     assert check_buckets([1, 3, 8]) == (1, 3, 8)
     assert check_buckets(POWERS_OF_TWO) == POWERS_OF_TWO
+
+
+@pytest.mark.parametrize("buckets", [[np.int64(1), np.int32(4)], np.array([1, 4]), range(1, 5, 3)],
+                         ids=["numpy-ints", "numpy-array", "range"])
+def test_check_buckets_takes_any_integers_and_returns_plain_ints(buckets):
+    out = check_buckets(buckets)
+    assert out == (1, 4) and all(type(b) is int for b in out)
+
+
+@pytest.mark.parametrize("buckets", [4, np.int64(4), "1,2,4", b"1,2", {1, 2}, {1: 1}, None],
+                         ids=["int", "numpy-int", "str", "bytes", "set", "dict", "none"])
+def test_check_buckets_refuses_what_is_no_sequence_and_says_what_to_pass(buckets):
+    with pytest.raises(GraftError, match=r"expected a sequence of batch sizes such as \[1, 2, 4, 8\] "
+                                         r"\(the CLI's pow2 is graft_fx.buckets.POWERS_OF_TWO\)"):
+        check_buckets(buckets)
+
+
+@pytest.mark.parametrize("buckets, why", [([], "the list is empty"), ([1.5, 2], "1.5 is a float, not an integer"),
+                                          ([True], "True is a bool"), ([2, 0], "0 is below 1"),
+                                          ([np.int64(4), 2], r"buckets=\[4, 2\].*2 does not exceed the 4 before it")])
+def test_check_buckets_says_which_size_is_wrong(buckets, why):
+    with pytest.raises(GraftError, match=why):
+        check_buckets(buckets)
+
+
+def test_realign_refuses_a_lone_number_as_buckets():
+    """Found by review: ``buckets=4`` raised a bare TypeError from deep inside."""
+    with pytest.raises(GraftError, match="expected a sequence of batch sizes"):
+        graft_fx.realign([Tail(linear()), Tail(linear())], [torch.randn(2, 3, 4)] * 2, buckets=4)
 
 
 @pytest.mark.parametrize("rows, expected", [(0, 0), (1, 1), (2, 2), (3, 4), (4, 4), (5, 5), (100, 100)])

@@ -33,6 +33,7 @@ def test_simulate_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     assert all(isinstance(f, str) for g in graft["plan"]["groups"] for f in g["fragments"])  # cut names
     assert doc["requests"]["resnet50"]["requests"] >= doc["requests"]["resnet50"]["attainable"] and doc["columns"]
     assert "partitions: green-context on NVIDIA H200" in printed and "graft plan: " in printed
+    assert "padding:" not in printed  # no --buckets, no padding
     assert "GPUs: whole devices" in printed  # the columns are explained
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -263,3 +264,38 @@ def test_simulate_pads_batches_to_buckets(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["config"]["buckets"] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert [p["name"] for p in doc["policies"]] == ["graft", "bound"] and doc["policies"][0]["share"] > 0
+    header = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert header[1].startswith("profile: ") and header[2].startswith("partitions: ")
+    assert header[3] == "padding: each fragment's rows up to buckets 1,2,4,8,16,32,64,128,256"
+
+
+def test_the_serve_header_says_padding_is_on_only_with_buckets():
+    from graft_fx.cli import _serve_header
+    from graft_fx.serving.partitions import for_device
+    from graft_fx.serving.planner import Demand, plan
+
+    profile = profiles.load(profiles.shipped()["h200"], "resnet50")
+    partitioning = for_device(profile.device)
+    the_plan = plan(profile, [Demand(3, 50.0, 0.2)], buckets=(1, 2, 4, 8))
+    padded = _serve_header(profile, partitioning, (1, 2, 4, 8), 17, the_plan).splitlines()
+    assert padded[:4] == [f"profile: {profile.label}", f"partitions: {partitioning}",
+                          "padding: each fragment's rows up to buckets 1,2,4,8",
+                          f"graft plan for 17 requests, {the_plan.total_share:.2f} of the device:"]
+    assert not any(line.startswith("padding") for line in _serve_header(profile, partitioning, None, 17, the_plan)
+                   .splitlines())
+
+
+H200 = str(profiles.shipped()["h200"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--clients", "50", "--duration-s", "5", "--policies", "graft", "--buckets", "128"],
+    ["serve", "--model", "resnet50", "--profile", H200, "--duration-s", "10", "--buckets", "128"],
+], ids=["simulate", "serve"])
+def test_a_first_bucket_beyond_the_profiles_batches_is_an_error_not_a_row_of_dashes(argv, capsys):
+    """Found by review: simulate printed an all-dash row and exited 0 (the search swallowed the
+    planner's misleading "cannot be served within its budget"). Serve says so before calibrating."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bucket 128 (the first) exceeds the profile's largest measured batch 64" in err
+    assert "calibrating" not in err

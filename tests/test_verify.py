@@ -7,7 +7,7 @@ import torch.nn as nn
 import graft_fx
 from graft_fx import separable
 from graft_fx.separable import Result, Rule
-from graft_fx.verify import assert_equivalent, random_rows
+from graft_fx.verify import assert_close, assert_equivalent, finite_scale, random_rows
 from models import realign_all
 
 
@@ -109,3 +109,67 @@ def test_eval_mode_recurrent_layers_are_compared_not_skipped(monkeypatch, cell):
         realign_all([Recurs(cell).eval(), Recurs(cell).eval()], [torch.randn(2, 3, 4)] * 2)
     with pytest.warns(UserWarning, match="random"):
         realign_all([Recurs(cell, 0.5).train(), Recurs(cell, 0.5).train()], [torch.randn(2, 3, 4)] * 2)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+class LogTail(nn.Module):
+    """A tail whose output holds NaN wherever the linear layer's output is negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x).log()
+
+
+def test_nan_outputs_are_verified_and_match_separate_runs_at_every_batch_size():
+    """Found by review: the tolerance slack came from abs().max(), which is NaN here, and
+    torch.testing raised RuntimeError instead of comparing."""
+    torch.manual_seed(0)
+    model = LogTail().eval()
+    rm = realign_all([model, model], [torch.randn(2, 8)] * 2)
+    for rows in [(0, 1), (1, 0), (1, 1), (3, 2)]:
+        xs = [torch.randn(n, 8) for n in rows]
+        outs = rm(*xs)
+        for x, out in zip(xs, outs):
+            torch.testing.assert_close(out, model(x), equal_nan=True)
+        assert_equivalent(rm, xs)
+    assert outs[0].isnan().any() and not outs[0].isnan().all()  # the check met NaN and numbers
+
+
+def test_a_wrong_rule_is_still_caught_when_outputs_hold_nan(monkeypatch):
+    class FlipLog(LogTail):
+        def forward(self, x):
+            return super().forward(x).flip(0)
+
+    monkeypatch.setitem(separable.RULES, "flip", WRONG)
+    torch.manual_seed(0)
+    model = FlipLog().eval()
+    with pytest.raises(graft_fx.GraftError, match="first differing node: .*flip"):
+        realign_all([model, model], [torch.randn(2, 8)] * 2)
+
+
+def test_assert_close_takes_nan_in_the_same_place_as_equal():
+    e = torch.tensor([NAN, 1.0, INF, -INF])
+    assert_close(e.clone(), e)
+    assert_close(e.clone(), e, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("actual, expected", [([NAN, 1.0], [0.5, 1.0]), ([0.5, 1.0], [NAN, 1.0]),
+                                              ([0.5, INF], [0.5, 1.0]), ([0.5, -INF], [0.5, INF])],
+                         ids=["nan-for-number", "number-for-nan", "inf-for-number", "inf-sign"])
+def test_assert_close_takes_nan_or_inf_against_a_number_as_a_difference(actual, expected):
+    with pytest.raises(AssertionError):
+        assert_close(torch.tensor(actual), torch.tensor(expected))
+
+
+def test_the_slack_comes_from_finite_magnitudes_only():
+    """An inf (or NaN) beside small numbers must not widen the tolerance: 1.0 against 1.1 stays a
+    difference, and an all-NaN output gives no slack at all."""
+    assert finite_scale(torch.tensor([INF, NAN, -3.0, 2.0])) == 3.0
+    assert finite_scale(torch.tensor([NAN])) == 0.0
+    with pytest.raises(AssertionError):
+        assert_close(torch.tensor([INF, 1.1]), torch.tensor([INF, 1.0]))

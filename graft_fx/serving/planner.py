@@ -84,7 +84,15 @@ the largest ``Δ_m`` over members at or before it: the same pessimism as adding 
 the largest over members ``m`` at or before ``i`` of ``Σ_{j != m} p(x_j) + p(x_m + 1)``, each term
 non-decreasing), so a padded plan never needs less share than an unpadded one, and more load
 never needs less share, both exactly for the grouping.
-The padded rows, too, stay within `Profile.max_batch`.
+The padded rows, too, stay within `Profile.max_batch`. Hence the rule for bucket lists
+(`check_buckets_fit`): the *first* bucket must be at most ``max_batch``, since every request
+pads to at least that many rows and no batch of them could be planned within the measured
+batches; ``plan``, `least_budget`, `Replanner` and the simulator's `Scenario` refuse a larger one
+up front, naming it. *Later* buckets may exceed ``max_batch`` (`graft_fx.buckets.POWERS_OF_TWO`
+reaches 256, the shipped profiles stop at 64): the planner only sizes groups whose padded
+batches stay within ``max_batch``, so such buckets limit the load a group can take, and the
+batches the batching policy does pad past ``max_batch`` (several fragments together) are priced by
+the profile's slope for large batches (`pricing`, `profiles`).
 
 `fluid_bound` is the throughput-only lower bound, and `Replanner` re-plans when rates drift.
 """
@@ -222,12 +230,13 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
     cheaper of the realigned one and the per-fragment one (which is a realigned plan too, of
     singleton groups), so re-alignment never needs more share, time sharing or not. With
     ``buckets`` every batch is charged at its padded rows ("Padded batching"); None charges the
-    rows as they are. Raises GraftError for bad demands or buckets and for a type that cannot
+    rows as they are. Raises GraftError for bad demands, for buckets that `check_buckets_fit`
+    refuses (a first bucket above the profile's largest measured batch), and for a type that cannot
     meet its budget even alone on a whole accelerator (roughly: a budget below twice its one-row
     latency at share 1.0, its one row padded to the first bucket).
     """
     demands = _check_demands(profile, demands)
-    buckets = None if buckets is None else check_buckets(buckets)
+    buckets = check_buckets_fit(profile, buckets)
     partitioning = partitioning or for_device(profile.device)
     if not demands:
         return Plan((), partitioning)
@@ -307,7 +316,7 @@ class Replanner:
         self.tolerance = tolerance
         self.realign = realign
         self.partitioning = partitioning
-        self.buckets = None if buckets is None else check_buckets(buckets)
+        self.buckets = check_buckets_fit(profile, buckets)
         self.plan: Plan | None = None
         self.rates: dict[int, float] = {}
 
@@ -362,8 +371,29 @@ def least_budget(profile: Profile, fragment: int, buckets: Sequence[int] | None 
     """The least budget a type can be planned for, with room to spare: twice its latency alone
     on one row of a whole accelerator (a request may wait as long again for its batch to start),
     one step of the duty-cycle grid more. With ``buckets``, the one row is padded to the first
-    bucket."""
-    return 2 * _U_RATIO * profile.planning.fragment_s(fragment, _one_row(buckets), 1.0)
+    bucket. Raises GraftError for buckets that `check_buckets_fit` refuses."""
+    return 2 * _U_RATIO * profile.planning.fragment_s(fragment, _one_row(check_buckets_fit(profile, buckets)), 1.0)
+
+
+def check_buckets_fit(profile: Profile, buckets: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``buckets`` checked (`graft_fx.buckets.check_buckets`: a tuple of plain ints) and held
+    against ``profile``, or None for None (no padding).
+
+    Raises GraftError for a bucket list that ``check_buckets`` refuses, and for a first bucket
+    above ``profile.max_batch``: every request pads to at least the first bucket, and the
+    planner plans only batches within the measured ones, so no plan could serve a single request
+    ("Padded batching" in the module docstring; later buckets may exceed ``max_batch``).
+    """
+    if buckets is None:
+        return None
+    buckets = check_buckets(buckets)
+    if buckets[0] > profile.max_batch:
+        raise GraftError(
+            f"bucket {buckets[0]} (the first) exceeds the profile's largest measured batch {profile.max_batch}: "
+            f"every request would be padded to at least {buckets[0]} rows, and plans stay within the measured "
+            f"batches; expected a first bucket of at most {profile.max_batch} (later buckets may exceed it: "
+            f"graft_fx.buckets.POWERS_OF_TWO is fine), got buckets={list(buckets)}")
+    return buckets
 
 
 def _one_row(buckets: Sequence[int] | None) -> int:

@@ -102,6 +102,12 @@ def why_unattainable(facts: Mapping[str, Any]) -> str:
             "the image instead, and its attainable column counts its own)")
 
 
+def padding_line(buckets: Sequence[int]) -> str:
+    """The header line that says batches are padded (``--buckets``), in the style of the
+    ``profile:`` and ``partitions:`` lines."""
+    return f"padding: each fragment's rows up to buckets {','.join(map(str, buckets))}"
+
+
 def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments: Fragments,
           streams: Sequence[Stream] = ()) -> str:
     """A plain-text report: what was simulated, on which profile and partitions, how many requests
@@ -115,6 +121,8 @@ def table(config: Mapping[str, Any], results: Sequence[PolicyResult], fragments:
             f"profile: {config['profile']}"]
     if config.get("partitions"):
         head.append(f"partitions: {config['partitions']}")
+    if config.get("buckets"):
+        head.append(padding_line(config["buckets"]))
     several = len(fragments) > 1
     for model, stream in zip(fragments, streams):
         head.append((f"{model}: " if several else "") + why_unattainable(attainability(stream, config["slo_ms"])))

@@ -44,10 +44,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..buckets import check_buckets
 from ..errors import GraftError
 from .partitions import Partitioning
-from .planner import fluid_bound
+from .planner import check_buckets_fit, fluid_bound
 from .profiles import Profile
 from .results import PolicyResult, result
 from .search import QUANTILES, least_share
@@ -63,7 +62,9 @@ class Scenario:
     """What one `simulate` call replays: ``clients`` sending for ``duration_s`` seconds to a
     server whose latencies are ``profile``; ``costs`` are the model's cut points and FLOPs.
     ``buckets`` (ascending batch sizes, such as `graft_fx.buckets.POWERS_OF_TWO`) pads every
-    batch's rows per fragment ("Padded batching"); None runs them as they are."""
+    batch's rows per fragment ("Padded batching"); None runs them as they are. Raises GraftError
+    for bad settings, among them buckets that `planner.check_buckets_fit` refuses (a first bucket
+    above the profile's largest measured batch, which no policy could plan for)."""
 
     profile: Profile
     costs: ModelCosts
@@ -83,8 +84,7 @@ class Scenario:
                              f"expected 0 < target <= 1 and some quantiles in [0, 1)")
         if self.replan_s is not None and not self.replan_s > 0:
             raise GraftError(f"replan_s {self.replan_s}: expected a positive number of seconds, or None")
-        if self.buckets is not None:
-            object.__setattr__(self, "buckets", check_buckets(self.buckets))
+        object.__setattr__(self, "buckets", check_buckets_fit(self.profile, self.buckets))
 
 
 def simulate(scenario: Scenario, policies: Iterable[str] = POLICIES,

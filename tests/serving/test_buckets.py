@@ -261,3 +261,47 @@ def test_bad_buckets_are_refused_before_anything_is_built():
     profile = tiny_profile()
     with pytest.raises(GraftError, match=r"buckets=\[3, 1\]"):
         build(model, example, profile, hand_plan(profile, ((0, 1),)), buckets=[3, 1])
+
+
+# Bucket lists the planner can and cannot use.
+
+@pytest.mark.parametrize("buckets", [4, "1,2,4"], ids=["int", "str"])
+def test_the_planner_refuses_what_is_no_bucket_list_and_says_what_to_pass(buckets):
+    """Found by review: ``buckets=8`` raised a bare TypeError, and ``"1,2,4"`` was read as
+    characters."""
+    with pytest.raises(GraftError, match=r"expected a sequence of batch sizes such as \[1, 2, 4, 8\]"):
+        plan(FOUR, [Demand(0, 10.0, 0.01)], buckets=buckets)
+
+
+def test_least_budget_checks_its_buckets():
+    with pytest.raises(GraftError, match=r"buckets=\[0\]: expected positive batch sizes"):
+        least_budget(FOUR, 0, [0])
+    assert least_budget(FOUR, 0, [np.int64(2), np.int64(4)]) == least_budget(FOUR, 0, (2, 4))
+
+
+FIRST_TOO_LARGE = r"bucket 128 \(the first\) exceeds the profile's largest measured batch 64: "
+
+
+def test_a_first_bucket_beyond_the_measured_batches_is_refused_by_name():
+    """Found by review: the planner said the fragment "cannot be served within its budget", and
+    the simulator's search swallowed that into a row of dashes."""
+    profile, costs = resnet50()
+    assert profile.max_batch == 64
+    with pytest.raises(GraftError, match=FIRST_TOO_LARGE):
+        plan(profile, [Demand(3, 50.0, 0.2)], buckets=(128,))
+    with pytest.raises(GraftError, match=FIRST_TOO_LARGE):
+        least_budget(profile, 3, (128, 256))
+    with pytest.raises(GraftError, match=FIRST_TOO_LARGE):
+        Replanner(profile, {3: 0.2}, buckets=(128,))
+    with pytest.raises(GraftError, match=FIRST_TOO_LARGE):
+        Scenario(profile, costs, (), 1.0, buckets=(128,))
+
+
+def test_later_buckets_beyond_the_measured_batches_are_planned_within_them():
+    """Only the first bucket must be measured: with POWERS_OF_TWO (up to 256) on a profile
+    measured to 64 rows, plans keep every padded batch within 64 rows."""
+    profile, costs = resnet50()
+    demands = [Demand(f, 300.0, 8 * least_budget(profile, f)) for f in (2, 6)]
+    padded = plan(profile, demands, buckets=(32, 128))
+    check_padded(profile.planning, demands, padded, (32, 128))
+    assert Scenario(profile, costs, (), 1.0, buckets=POWERS_OF_TWO).buckets == POWERS_OF_TWO
