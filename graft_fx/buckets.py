@@ -15,6 +15,7 @@ the profiles must charge when padding is on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from numbers import Integral
@@ -74,6 +75,19 @@ def bucketed(rows: int, buckets: Sequence[int]) -> int:
     if rows == 0:
         return 0
     return next((b for b in buckets if b >= rows), rows)
+
+
+@functools.lru_cache(maxsize=256)
+def most_rows(requests: int, buckets: tuple[int, ...], members: int) -> int:
+    """The most rows a batch of at most ``requests`` requests of ``members`` fragment types can
+    hold once each type's rows are padded to ``buckets``: the largest sum of ``bucketed(n_i)``
+    over ``n_1 + ... + n_members <= requests`` (a knapsack over the split, O(members x
+    requests^2)). With powers of two it is below ``2 * requests``; it is what a device must hold
+    activations for, where a batching policy caps requests, not rows."""
+    best = [0] * (requests + 1)  # best[r]: the most padded rows of r requests over the types so far
+    for _ in range(members):
+        best = [max(bucketed(n, buckets) + best[r - n] for n in range(r + 1)) for r in range(requests + 1)]
+    return best[requests]
 
 
 # --- padding a realigned module's fragments ---------------------------------------------------

@@ -13,7 +13,7 @@ from torch.export import Dim
 
 import graft_fx
 from graft_fx import GraftError
-from graft_fx.buckets import POWERS_OF_TWO, bucketed, check_buckets, pad_rows
+from graft_fx.buckets import POWERS_OF_TWO, bucketed, check_buckets, most_rows, pad_rows
 from graft_fx.realign import PaddedRealignedModule
 from graft_fx.testing import assert_equivalent, random_inputs
 from models import realign_all
@@ -267,3 +267,12 @@ def test_compiled_padded_module_re_aligns_after_weights_updated_in_place():
     outputs = fast(*args)
     for f, (out, x) in enumerate(zip(outputs, args)):
         torch.testing.assert_close(out, rm.reference(f)(x))
+
+
+@pytest.mark.parametrize("requests, buckets, members, most", [
+    (64, POWERS_OF_TWO, 1, 64), (64, POWERS_OF_TWO, 2, 96), (5, (1, 2, 4, 8), 2, 8), (5, (4,), 3, 12), (0, (1, 2), 3, 0)])
+def test_most_rows_is_the_largest_padded_split_of_the_requests(requests, buckets, members, most):
+    """Brute force agrees: every split of the requests among the members, padded."""
+    splits = [s for s in itertools.product(range(requests + 1), repeat=members) if sum(s) <= requests]
+    assert max(sum(bucketed(n, buckets) for n in s) for s in splits) == most
+    assert most_rows(requests, tuple(buckets), members) == most

@@ -9,8 +9,9 @@ engineer buys; the total share is what the plan asks for; the deployment reports
 
 **Memory of a partition**: the weights of every piece its groups run (from each group's
 shallowest member's cut to the output; groups taking turns each hold their own), plus activations
-for one batch at a time, the largest (`Profile.max_batch`, the batching policy's cap) at the
-largest per-row workspace of those pieces, plus a CUDA context per
+for one batch at a time, the largest (`Profile.max_batch`, the batching policy's cap, in rows;
+padded to the plan's buckets, the most rows that many requests can pad to, `buckets.most_rows`)
+at the largest per-row workspace of those pieces, plus a CUDA context per
 partition under MPS or one per device under green contexts (`partitions` module docstring).
 Profiles without memory figures (`Piece.weight_bytes` None) and devices without a known memory
 are packed on shares alone, and the deployment says that memory was not checked.
@@ -27,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..buckets import most_rows
 from ..errors import GraftError
 from .partitions import Partitioning
 from .planner import Partition, Plan
@@ -92,7 +94,9 @@ def memory_bytes(profile: Profile, plan: Plan, partition: Partition) -> int | No
     pieces = [p for g in partition.groups for p in profile.pieces[min(plan.groups[g].fragments):]]
     if any(p.weight_bytes is None or p.workspace_bytes is None for p in pieces):
         return None
-    return sum(p.weight_bytes for p in pieces) + profile.max_batch * max(p.workspace_bytes for p in pieces)
+    rows = profile.max_batch if plan.buckets is None else max(
+        most_rows(profile.max_batch, plan.buckets, len(plan.groups[g].fragments)) for g in partition.groups)
+    return sum(p.weight_bytes for p in pieces) + rows * max(p.workspace_bytes for p in pieces)
 
 
 def deploy(plan: Plan, profile: Profile) -> Deployment:

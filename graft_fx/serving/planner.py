@@ -166,11 +166,13 @@ class Partition:
 class Plan:
     """Groups that together serve every demanded fragment type exactly once, on partitions of
     ``partitioning``. ``partitions`` place every replica of every group; by default each replica
-    has a partition of its own."""
+    has a partition of its own. ``buckets``: the batch sizes each group pads every member's rows
+    up to (`graft_fx.buckets`), as the plan was priced; None when batches are not padded."""
 
     groups: tuple[Group, ...]
     partitioning: Partitioning | None = None
     partitions: tuple[Partition, ...] = ()
+    buckets: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if not self.partitions:
@@ -239,7 +241,7 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
     buckets = check_buckets_fit(profile, buckets)
     partitioning = partitioning or for_device(profile.device)
     if not demands:
-        return Plan((), partitioning)
+        return Plan((), partitioning, buckets=buckets)
     profile = profile.planning
     t = _Tables(profile, partitioning.grid, demands, buckets)
     singles = [_runs(t, a, a + 1) for a in range(t.n)]
@@ -250,7 +252,7 @@ def plan(profile: Profile, demands: Iterable[Demand], realign: bool = True,
     for merge in ((False, True) if realign else (False,)):
         groups = [_group(t, a, b, runs) for a, b, runs in _grouping(t, singles, merge)]
         plans.append(_time_share(t, groups, partitioning) if time_sharing else Plan(tuple(groups), partitioning))
-    return min(plans, key=lambda p: (round(p.total_share, 9), len(p.groups)))
+    return replace(min(plans, key=lambda p: (round(p.total_share, 9), len(p.groups))), buckets=buckets)
 
 
 def _grouping(t: _Tables, singles: list[_Runs], realign: bool) -> list[tuple[int, int, _Runs]]:

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from graft_fx import GraftError
+from graft_fx.buckets import most_rows
 from graft_fx.serving import partitions as P
 from graft_fx.serving import profiles
 from graft_fx.serving.deployment import deploy, memory_bytes
@@ -61,6 +62,24 @@ def test_time_shared_groups_hold_every_members_weights_and_one_batch():
     both = memory_bytes(RESNET, the_plan, the_plan.partitions[0])
     weights = sum(p.weight_bytes for p in RESNET.pieces) + sum(p.weight_bytes for p in RESNET.pieces[9:])
     assert both == weights + RESNET.max_batch * max(p.workspace_bytes for p in RESNET.pieces)
+
+
+def test_a_padded_plan_holds_activations_for_the_most_rows_its_batches_can_pad_to():
+    """A batch of max_batch requests of two types pads to up to 96 rows with powers of two (33
+    and 31 requests pad to 64 and 32), so the partition holds activations for 96 rows."""
+    members = Group((0, 9), 32 / 132, 1, 0.01, 0.001, 0.002, 0.05, 1.0)
+    unpadded = Plan((members,), GREEN)
+    padded = Plan((members,), GREEN, buckets=(1, 2, 4, 8, 16, 32, 64))
+    workspace = max(p.workspace_bytes for p in RESNET.pieces)
+    assert RESNET.max_batch == 64 and most_rows(64, padded.buckets, 2) == 96
+    grown = memory_bytes(RESNET, padded, padded.partitions[0]) - memory_bytes(RESNET, unpadded, unpadded.partitions[0])
+    assert grown == (96 - 64) * workspace
+
+
+def test_plan_records_the_buckets_it_was_priced_with():
+    demands = [Demand(0, 200.0, 0.2), Demand(9, 300.0, 0.2)]
+    assert plan(RESNET, demands).buckets is None
+    assert plan(RESNET, demands, buckets=[1, 2, 4, 8]).buckets == (1, 2, 4, 8)
 
 
 def test_a_partition_larger_than_a_device_is_refused():
