@@ -353,7 +353,7 @@ def serve(args: argparse.Namespace) -> int:
               f"largest ({planned.plan.total_share:.2f} of the device)", file=sys.stderr)
     print(_serve_header(profile, setup.partitioning, args.buckets, len(stream.requests), planned.plan))
     print("building the realigned instances and checking them against the model", file=sys.stderr)
-    runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device, buckets=args.buckets)
+    runtime = Runtime.from_model(model, example, profile, planned.plan, device=args.device)  # padded as planned
     gc.freeze()  # what exists now lives as long as the server: keep the collector's full passes off it
     try:
         if args.http:

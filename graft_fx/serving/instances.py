@@ -6,7 +6,7 @@ is only a name: the cut its server-side tail starts at (``profile.fragments[f]``
 the model once at every cut the plan uses (`graft_fx.cuts.tails`: one capture and analysis of
 the model however many fragment types there are), realigns each group's tails into one
 `RealignedModule` (`graft_fx.realign`, checked against the tails run eagerly unless
-``verify=False``, padding each member's rows up to the next of ``buckets`` when given), and puts
+``verify=False``, padding each member's rows up to the next of the plan's ``buckets``), and puts
 it in eval mode on the serving device.
 
 `Instance.run` is the serving hot path: one batch of requests, each one row of one member's
@@ -40,7 +40,6 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from .. import cuts
-from ..buckets import check_buckets
 from ..capture import InputSpec
 from ..errors import GraftError
 from ..realign import RealignedModule, realign
@@ -183,8 +182,7 @@ def _output_spec(module: RealignedModule, m: int, name: str) -> tuple[tuple[int,
 
 
 def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
-          device: str | torch.device = "cpu", verify: bool = True,
-          buckets: Sequence[int] | None = None) -> list[Instance]:
+          device: str | torch.device = "cpu", verify: bool = True) -> list[Instance]:
     """One `Instance` per group of ``plan`` (index-aligned with ``plan.groups``), serving ``model``.
 
     ``example`` is the model's input (a tensor or a tuple, batch dim 0 of any size) as
@@ -193,16 +191,17 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
     the plan uses (`graft_fx.cuts.tails`), and each group's tails, in ascending fragment order,
     are realigned with ``graft_fx.realign(tails, verify=verify)``: with ``verify`` every
     realigned module is checked against its tails run eagerly (seconds for a large model).
-    ``buckets`` goes to ``realign``: each module pads every present member's rows up to the next
-    bucket (`graft_fx.buckets`), so that a static-shape executor sees a bounded set of shapes; a
-    runtime over such instances prices batches at the padded rows (`runtime.Runtime`).
+    The plan's ``buckets`` go to ``realign``: each module pads every present member's rows up to
+    the next bucket (`graft_fx.buckets`), so that a static-shape executor sees a bounded set of
+    shapes, as the plan priced them; a runtime over such instances prices batches at the padded
+    rows too (`runtime.Runtime`).
 
     The model is left as it was: where it is not all in eval mode or not all on ``device``, the
     instances are cut from a copy put in eval mode on ``device``; otherwise they hold the model's
     own weights (no copy). Raises GraftError for a plan that uses a fragment index the profile
     lacks, a group with no or repeated fragments, a profile fragment name that is not a cut point
     of the model (a profile of another model, or measured with another capture), tails that do
-    not return one tensor, bad ``buckets``, and what ``realign`` refuses (with buckets: a
+    not return one tensor, and what ``realign`` refuses (with buckets: a
     fragment whose rows are not independent, which padding would change).
     """
     names = profile.fragments
@@ -217,7 +216,6 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
                              f"fragment indices")
     groups = [tuple(sorted(int(f) for f in group.fragments)) for group in plan.groups]
     used = sorted({f for members in groups for f in members})
-    buckets = None if buckets is None else check_buckets(buckets)  # before the model is cut
     model, example = _placed(model, example, torch.device(device))
     try:
         tails = dict(zip(used, cuts.tails(model, [names[f] for f in used], example)))
@@ -231,7 +229,7 @@ def build(model: torch.nn.Module, example: Any, profile: Profile, plan: Plan, *,
                          f"another model or another torch version? {e}") from None
     instances = []
     for members in groups:
-        module = realign([tails[f] for f in members], verify=verify, buckets=buckets).eval()
+        module = realign([tails[f] for f in members], verify=verify, buckets=plan.buckets).eval()
         instances.append(Instance(members, tuple(names[f] for f in members), module))
     return instances
 

@@ -175,6 +175,8 @@ class Plan:
     buckets: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.buckets is not None:
+            object.__setattr__(self, "buckets", check_buckets(self.buckets))
         if not self.partitions:
             own = tuple(Partition(g.share, (i,)) for i, g in enumerate(self.groups) for _ in range(g.replicas))
             object.__setattr__(self, "partitions", own)

@@ -64,7 +64,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..buckets import check_buckets
 from ..errors import GraftError
 from .batching import Latency, Turns
 from .deployment import deploy
@@ -151,23 +150,23 @@ class Runtime:
     starts ``lead_s`` (`LEAD_S`) plus `LEAD_FRACTION` of its price before its latest start.
     ``slo_s`` maps fragment types to the budget (s) a request without a deadline gets (default:
     its group's planned budget, `planner.Group`); ``max_queue`` bounds the requests waiting on one
-    partition. ``buckets`` says how the instances pad their rows ("Padded batching"; None: they
-    do not), and the queues price batches accordingly. Every instance is warmed up before the
+    partition. The plan's ``buckets`` say how the instances pad their rows ("Padded batching";
+    None: they do not), and the queues price batches accordingly. Every instance is warmed up before the
     workers start (`_warm`), so that no request pays for a first run. Raises GraftError when the
     plan does not fit one device, an instance does not match its group, or an instance pads to
-    other buckets than ``buckets``.
+    other buckets than the plan's.
     """
 
     def __init__(self, plan: Plan, profile: Profile, instances: Sequence[Instance], *, model: str | None = None,
                  device: str | torch.device = "cpu", slo_s: Mapping[int, float] | None = None,
                  pricing: Profile | None = None, max_queue: int = MAX_QUEUE, overhead_s: float = OVERHEAD_S,
-                 lead_s: float = LEAD_S, buckets: Sequence[int] | None = None,
+                 lead_s: float = LEAD_S,
                  clock: Callable[[], float] = time.monotonic):
         if len(instances) != len(plan.groups) or any(
                 tuple(i.fragments) != tuple(g.fragments) for i, g in zip(instances, plan.groups)):
             raise GraftError(f"instances for groups {[tuple(i.fragments) for i in instances]}: expected one per "
                              f"group of the plan, {[tuple(g.fragments) for g in plan.groups]}")
-        self.buckets = None if buckets is None else check_buckets(buckets)
+        self.buckets = plan.buckets
         _check_padding(instances, self.buckets)
         gpus = deploy(plan, profile).gpus
         if gpus > 1:
@@ -200,11 +199,10 @@ class Runtime:
                    device: str | torch.device = "cpu", verify: bool = True, **options: Any) -> Runtime:
         """Cut ``model`` (``example``: an input batch) at the profile's fragments, realign each
         group's tails (`instances.build`, checked against the model when ``verify``) and serve
-        them; ``options`` go to `Runtime`, and ``buckets`` among them to `instances.build` too, so
-        that the instances pad their rows as the queues price them."""
+        them, padded to the plan's buckets; ``options`` go to `Runtime`."""
         from .instances import build
 
-        instances = build(model, example, profile, plan, device=device, verify=verify, buckets=options.get("buckets"))
+        instances = build(model, example, profile, plan, device=device, verify=verify)
         return cls(plan, profile, instances, device=device, **options)
 
     def _spec(self, g: int, f: int, slo_s: Mapping[int, float] | None) -> FragmentSpec:

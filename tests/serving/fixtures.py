@@ -32,24 +32,25 @@ def tiny_profile() -> Profile:
 
 
 def hand_plan(profile: Profile, groups: tuple[tuple[int, ...], ...], budget_s: float = 0.05,
-              shared: bool = False) -> Plan:
+              shared: bool = False, buckets: tuple[int, ...] | None = None) -> Plan:
     """A plan of ``groups`` on this CPU: each on an equal partition of it, or all taking turns on the
-    whole of it (``shared``); sized loosely (the runtime reads fragments, shares, partitions and budgets)."""
+    whole of it (``shared``), padding to ``buckets``; sized loosely (the runtime reads fragments,
+    shares, partitions, budgets and buckets)."""
     parts = 1 if shared else len(groups)
     partitioning = cores(profile.device, parts)
     made = tuple(Group(g, 1 / parts, 1, budget_s / 2, budget_s / 4, budget_s / 2, budget_s, 1.0) for g in groups)
     partitions = (Partition(1.0, tuple(range(len(groups)))),) if shared else ()
-    return Plan(made, partitioning, partitions)
+    return Plan(made, partitioning, partitions, buckets)
 
 
 def small_runtime(groups: tuple[tuple[int, ...], ...] | None = None, budget_s: float = 0.05, shared: bool = False,
-                  **options) -> Runtime:
+                  buckets: tuple[int, ...] | None = None, **options) -> Runtime:
     """A runtime over the tiny MLP's fragments (by default every fragment type in one group);
     ``options`` go to `Runtime`. The caller closes it."""
     model, example = tiny_model()
     profile = tiny_profile()
     groups = groups or (tuple(range(len(profile.fragments))),)
-    return Runtime.from_model(model, example, profile, hand_plan(profile, groups, budget_s, shared), **options)
+    return Runtime.from_model(model, example, profile, hand_plan(profile, groups, budget_s, shared, buckets), **options)
 
 
 class SleepyInstance:

@@ -206,7 +206,7 @@ def test_the_runtime_refuses_instances_that_pad_otherwise_than_it_prices():
     profile = sleepy_profile()
     the_plan = hand_plan(profile, ((0, 1),), shared=True)
     with pytest.raises(GraftError, match=r"padded to buckets=\[1, 2, 4\], but group 0 pads to None"):
-        Runtime(the_plan, profile, [SleepyInstance((0, 1))], buckets=(1, 2, 4))
+        Runtime(replace(the_plan, buckets=(1, 2, 4)), profile, [SleepyInstance((0, 1))])
     with pytest.raises(GraftError, match=r"padded to buckets=None, but group 0 pads to \[1, 2, 4\]"):
         Runtime(the_plan, profile, [PaddingSleepyInstance((0, 1), (1, 2, 4))])
 
@@ -217,8 +217,8 @@ def test_the_runtime_prices_a_request_at_its_padded_rows():
     from graft_fx.serving.runtime import Runtime
 
     profile = sleepy_profile()
-    the_plan = hand_plan(profile, ((0, 1),), shared=True)
-    with Runtime(the_plan, profile, [PaddingSleepyInstance((0, 1), (4, 8))], buckets=(4, 8)) as runtime:
+    the_plan = hand_plan(profile, ((0, 1),), shared=True, buckets=(4, 8))
+    with Runtime(the_plan, profile, [PaddingSleepyInstance((0, 1), (4, 8))]) as runtime:
         future = runtime.submit(0, torch.zeros(1, 4), runtime.clock() - 1.0)
         error = future.exception(timeout=30)
         assert isinstance(error, Rejected) and error.reason == "hopeless"
@@ -231,8 +231,8 @@ def test_padded_instances_answer_each_request_its_own_row():
     model, example = tiny_model()
     profile = tiny_profile()
     tails = cuts.tails(model, list(profile.fragments), example)
-    the_plan = hand_plan(profile, ((0, 2), (1, 3, 4)))
-    instances = build(model, example, profile, the_plan, buckets=(1, 2, 4, 8))
+    the_plan = hand_plan(profile, ((0, 2), (1, 3, 4)), buckets=(1, 2, 4, 8))
+    instances = build(model, example, profile, the_plan)
     assert [i.buckets for i in instances] == [(1, 2, 4, 8)] * 2
     torch.manual_seed(0)
     fragments = [0, 2, 0, 0, 2, 2, 2, 2, 2]  # 3 rows pad to 4, 6 rows to 8
@@ -256,11 +256,9 @@ def test_a_padded_runtime_answers_what_the_model_tails_do():
             torch.testing.assert_close(future.result(timeout=30), tails[f](x))
 
 
-def test_bad_buckets_are_refused_before_anything_is_built():
-    model, example = tiny_model()
-    profile = tiny_profile()
+def test_a_plan_refuses_bad_buckets_before_anything_is_built():
     with pytest.raises(GraftError, match=r"buckets=\[3, 1\]"):
-        build(model, example, profile, hand_plan(profile, ((0, 1),)), buckets=[3, 1])
+        hand_plan(tiny_profile(), ((0, 1),), buckets=[3, 1])
 
 
 # Bucket lists the planner can and cannot use.
