@@ -101,7 +101,7 @@ class RealignedModule(nn.Module):
         self.plan: Plan = make_plan(self._analyses, self._classes, declined)
         self._class_of = {m: c for c in self._classes for m in c.members}
         self._graphs: dict[frozenset[int], fx.GraphModule] = {}
-        self._differentiable: dict[frozenset[int], fx.GraphModule] = {}  # unlowered, when kernels lower
+        self._differentiable: dict[frozenset[int], fx.GraphModule] = {}  # for autograd: see graph_for
         self._stacks: list = []  # weights stacked for the kernel ops, shared by the graphs
         self.graph_module = self.graph_for(frozenset(range(len(self._analyses))))
 
@@ -141,22 +141,24 @@ class RealignedModule(nn.Module):
 
     def graph_for(self, present: frozenset[int], lowered: bool = True) -> fx.GraphModule:
         """The realigned graph specialized to the fragments in ``present``: lowered into graft's
-        kernel ops where ``kernels`` says, or, with ``lowered=False`` (`_differentiating`), on
-        library ops only, which autograd differentiates into the fragments' own weights (the
-        kernel ops are inference-only and read stacked copies of the weights)."""
-        if not lowered and self.kernels != "torch":
+        kernel ops where ``kernels`` says, or, with ``lowered=False`` (`_differentiating`), one
+        that autograd differentiates: on library ops only (the kernel ops are inference-only and
+        read stacked copies of the weights), each fragment reading its own parameters even where
+        another's are equal in value (`rewrite.emit`'s ``differentiable``)."""
+        if not lowered:
             if present not in self._differentiable:
-                self._differentiable[present] = emit(self._analyses, self._classes, present)
+                self._differentiable[present] = emit(self._analyses, self._classes, present, differentiable=True)
             return self._differentiable[present]
         if present not in self._graphs:
             gm = emit(self._analyses, self._classes, present)
             self._graphs[present] = lower(gm, self._examples(present), self.kernels, stacks=self._stacks)
         return self._graphs[present]
 
-    def _differentiating(self) -> bool:
-        """Whether this call must be differentiable into the weights: grad mode on and a weight
-        that requires grad (read per call: ``requires_grad_`` moves no version counter)."""
-        return torch.is_grad_enabled() and any(t.requires_grad for t in self._weights)
+    def _differentiating(self, inputs: list[Any]) -> bool:
+        """Whether this call must be differentiable: grad mode on, and a weight or an input that
+        requires grad (read per call: ``requires_grad_`` moves no version counter)."""
+        return torch.is_grad_enabled() and (any(t.requires_grad for t in self._weights) or any(
+            isinstance(x, torch.Tensor) and x.requires_grad for x in inputs))
 
     def _examples(self, present: frozenset[int]) -> list[torch.Tensor | None]:
         """The graph's flat inputs for ``present``: two rows of each present fragment's input
@@ -217,7 +219,7 @@ class RealignedModule(nn.Module):
                 flat += tensors
                 continue
             flat += [None] * n_inputs
-        key, lowered = frozenset(present), not self._differentiating()
+        key, lowered = frozenset(present), not self._differentiating(flat)
         graph = self.graph_for(key, lowered) if present and _build(self, key, lowered) else None
         leaves = iter(graph(*flat) if present else ())
         outputs = []

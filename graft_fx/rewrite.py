@@ -49,9 +49,11 @@ def _writes_back(c: NodeClass) -> bool:
 
 
 class _Emitter:
-    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], present: frozenset[int]):
+    def __init__(self, analyses: list[Analysis], classes: list[NodeClass], present: frozenset[int],
+                 differentiable: bool = False):
         self.analyses = analyses
         self.present = present
+        self.differentiable = differentiable
         self.graph = fx.Graph()
         self.root = nn.Module()
         self.attr_names: dict[int, str] = {}
@@ -226,17 +228,27 @@ class _Emitter:
         distinct tensor, each member reading its own (a class keyed by structure)."""
         tensors = [fetch_attr(self.analyses[f].gm, n.target) for f, n in members]
         first = tensors[0]
-        if all(t is first or (isinstance(t, torch.Tensor) and same_values(t, first)) for t in tensors):
+        if all(self.same(t, first) for t in tensors):
             f0, rep = members[0]
             self.value[self.class_of[(f0, rep)].index] = self.graph.get_attr(self.attribute(first, rep.target))
             return
         made: list[tuple[torch.Tensor, fx.Node]] = []  # one get_attr per distinct value
         for (f, n), t in zip(members, tensors):
-            node = next((g for u, g in made if u is t or same_values(u, t)), None)
+            node = next((g for u, g in made if self.same(u, t)), None)
             if node is None:
                 node = self.graph.get_attr(self.attribute(t, f"f{f}_{n.target}"))
                 made.append((t, node))
             self.own[(f, n)] = node
+
+    def same(self, a: Any, b: Any) -> bool:
+        """Whether two fragments' constants may be read through one ``get_attr``: the same object,
+        or equal values, except, in a differentiable graph, two distinct tensors that require
+        grad (each must receive its own fragment's gradient)."""
+        if a is b:
+            return True
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return not (self.differentiable and (a.requires_grad or b.requires_grad)) and same_values(a, b)
 
     def emit_segments(self, c: NodeClass, runs: list[tuple[int, ...]]) -> None:
         """A shared class whose fragments' weights differ: its node once per run (`runs`), on the
@@ -293,13 +305,17 @@ class _Emitter:
         return gm
 
 
-def emit(analyses: list[Analysis], classes: list[NodeClass], present: frozenset[int]) -> fx.GraphModule:
+def emit(analyses: list[Analysis], classes: list[NodeClass], present: frozenset[int],
+         differentiable: bool = False) -> fx.GraphModule:
     """The realigned GraphModule for the fragments in ``present``.
 
     It takes every fragment's inputs, flat and in order (anything for an absent fragment), and
-    returns the flat output leaves of the present fragments, in order.
+    returns the flat output leaves of the present fragments, in order. ``differentiable``: for
+    autograd into the weights, distinct tensors that require grad are never read as one, even
+    where their values are equal (a layer shared by value then runs once per run of fragments
+    reading the same parameter objects, as a layer shared by structure does).
     """
-    emitter = _Emitter(analyses, classes, present)
+    emitter = _Emitter(analyses, classes, present, differentiable)
     for c in sorted(classes, key=_writes_back):  # stable: write-backs last, the rest in order
         emitter.emit(c)
     return emitter.finish()

@@ -243,3 +243,24 @@ def test_sequences_of_varying_length_are_compiled_unchanged():
 def test_a_bad_option_value_is_a_clear_error_at_compile_time(option, value):
     with pytest.raises(Exception, match=f"{option}="):
         compiled(lambda x: (x * 2,), **{option: value})(torch.randn(2))
+
+
+def test_gradients_reach_each_copy_s_own_weights_through_the_backend():
+    """Found by review: copies equal in value shared one layer, and one copy's gradients went to
+    the other's parameters."""
+    a = mlp().train()
+    b = copy.deepcopy(a)
+
+    def serve(x, y):
+        return a(x), b(y)
+
+    x, y = torch.randn(3, 8), torch.randn(5, 8)
+    out_a, out_b = compiled(serve)(x, y)
+    (out_a.sum() + 2 * out_b.sum()).backward()
+    got = [p.grad.clone() for m in (a, b) for p in m.parameters()]
+    for m in (a, b):
+        m.zero_grad()
+    (a(x).sum() + 2 * b(y).sum()).backward()
+    for g, p in zip(got, (p for m in (a, b) for p in m.parameters())):
+        torch.testing.assert_close(g, p.grad)
+    assert counters["graft"]["realign"] == 1

@@ -306,3 +306,24 @@ def test_one_tensor_given_to_two_fragments_that_write_into_it_is_refused():
     torch.testing.assert_close(out_a, m(want))
     torch.testing.assert_close(out_b, out_a)
     torch.testing.assert_close(a, want)
+
+
+@pytest.mark.parametrize("share", ["weights", "structure"])
+def test_copies_equal_in_value_get_each_their_own_gradients(share):
+    """Found by review: a layer shared because two copies' parameters are equal in value read
+    fragment 0's parameter for both, so fragment 1's gradients went to fragment 0's. In grad mode
+    each fragment reads its own parameters."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4))
+    b = copy.deepcopy(a)
+    rm = graft_fx.realign([a, b], [torch.randn(2, 8)] * 2, min_flops_per_byte=0, share=share)
+    assert any(s.batched for s in rm.plan.segments)
+    x, y = torch.randn(3, 8), torch.randn(2, 8)
+    out_a, out_b = rm(x, y)
+    (out_a.sum() + 2 * out_b.sum()).backward()
+    got = [p.grad.clone() for m in (a, b) for p in m.parameters()]
+    for m in (a, b):
+        m.zero_grad()
+    (a(x).sum() + 2 * b(y).sum()).backward()
+    for g, p in zip(got, (p for m in (a, b) for p in m.parameters())):
+        torch.testing.assert_close(g, p.grad)
