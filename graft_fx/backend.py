@@ -14,8 +14,9 @@ realigns them with the same passes as `graft_fx.realign`, so a user gets re-alig
    produces graph outputs is a fragment. Every output must come from exactly one fragment;
    otherwise (``a(x) + b(y)``) the graph has no independent fragments. Nor has a graph with a
    side effect on weights alone (a call counter, a batch norm's ``num_batches_tracked``), which
-   no fragment would carry, or with a data input that is not a batch of rows of one shape (a
-   0-dim tensor, a sequence whose length Dynamo made dynamic).
+   no fragment would carry, or with a data input that has no rows (0-dim) or whose batch size
+   differs from the other inputs of its fragment (a broadcast ``[1, F]`` argument, a weight
+   passed as an argument).
 2. **Give each fragment its own GraphModule**: its data placeholders become its inputs, its
    weights become the module's own parameters and buffers (the very tensors the caller's
    modules hold, so in-place updates reach them), size placeholders become ``x.size(d)`` of
@@ -39,6 +40,7 @@ differ now), and realigns again if either happened.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -139,6 +141,8 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
     if sum(map(len, data_of.values())) != sum(kinds[p] == "data" for p in placeholders):
         return []  # a data input no output depends on: its component is not a fragment
     position = {n: i for i, n in enumerate(placeholders)}
+    if any(len({example_inputs[position[p]].shape[0] for p in data}) > 1 for data in data_of.values()):
+        return []  # inputs of one fragment with different batch sizes: a [1, F] scale, a weight passed in
     fragments = []
     for root, outputs in roots.items():
         members = {n for n in on_rows if parts.find(n) is root}
@@ -151,12 +155,12 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
 
 
 def _batched(data: fx.Node) -> bool:
-    """Whether a data input can be a fragment's batch: dim 0 its only dim that may vary. A 0-dim
-    tensor has no rows; a sequence whose length Dynamo made dynamic (``[B, T, F]``) would fix
-    ``T`` in the realigned module, which takes one row shape per input."""
-    value = data.meta.get("example_value")
-    shape = getattr(value, "shape", None)
-    return shape is not None and len(shape) >= 1 and all(isinstance(s, int) for s in shape[1:])
+    """Whether a data input can be a fragment's batch: a tensor with a dim 0 (a 0-dim tensor has
+    no rows). Other dims may be symbolic (``dynamic=True``, a sequence length): the realigned
+    module takes the row shapes of the first call, and calls with others run the graph
+    unchanged (`_Realigned`)."""
+    shape = getattr(data.meta.get("example_value"), "shape", None)
+    return shape is not None and len(shape) >= 1
 
 
 def _extract(gm: fx.GraphModule, members: set[fx.Node], data: list[fx.Node], outputs: list[fx.Node],
@@ -224,9 +228,14 @@ class _Realigned:
     inside a backend breaks the guards Dynamo is building for the frame ("guard failed on the
     same frame it was created"). ``build(fragments, args)`` realigns the fragments for inputs
     like ``args`` and compiles the result (both returned), or returns None when they share
-    nothing; then, or when realign
-    refuses them (a RuntimeWarning says why), ``fallback()`` compiles the captured graph
-    unchanged.
+    nothing; then, or when realign refuses them (a RuntimeWarning says why), ``fallback()``
+    compiles the captured graph unchanged, and every call runs that. A call whose data inputs do
+    not fit the realigned module (other row shapes, as a graph with dynamic feature dims admits,
+    or inputs of one fragment with different batch sizes, as a broadcast ``[1, F]`` argument
+    has) runs the unchanged graph too. Realigning takes one lock (`_LOCK`) for every compiled
+    function, since torch.export's tracing state is global; still, make the first call from one
+    thread: Dynamo's own first compile of a frame is not thread-safe (torch 2.14 raised
+    ``KeyError: 'custom'`` in ``fx.traceback.annotate`` under a cold multi-threaded start).
     """
 
     def __init__(self, fragments: list[Fragment], num_outputs: int,
@@ -238,22 +247,45 @@ class _Realigned:
         self.fallback = fallback
         self.rm: RealignedModule | None = None
         self.module: Callable | None = None  # rm, compiled
-        self.unchanged: Callable | None = None
+        self.unchanged: Callable | None = None  # the graph compiled unchanged, once needed
+        self.realigns = True  # False once realign refused or found nothing to share
 
     def __call__(self, *args: Any) -> Any:
-        if self.unchanged is not None:
-            return self.unchanged(*args)
-        if self.rm is None or any(args[i] is not t for f in self.fragments for i, t in f.weights) \
-                or self.rm.weights_updated():  # compiled, the module cannot re-align itself
-            self._realign(args)
-            if self.unchanged is not None:
-                return self.unchanged(*args)
+        if self.realigns and self._stale(args):
+            with _LOCK:
+                if self._stale(args):
+                    self._realign(args)
+        if not self.realigns or not self._fits(args):
+            return self._unchanged(*args)
         results = self.module(*_inputs(self.fragments, args))
         out: list[Any] = [None] * self.num_outputs
         for f, values in zip(self.fragments, results):
             for i, v in zip(f.outputs, values):
                 out[i] = v
         return tuple(out)
+
+    def _stale(self, args: Sequence[Any]) -> bool:
+        """Whether to realign first: not yet, or a weight was replaced or updated in place (a
+        compiled module cannot re-align itself)."""
+        return self.rm is None or any(args[i] is not t for f in self.fragments for i, t in f.weights) \
+            or self.rm.weights_updated()
+
+    def _fits(self, args: Sequence[Any]) -> bool:
+        """Whether every fragment's data inputs are rows the realigned module takes: one batch
+        size per fragment, and each input's row shape and dtype as realigned."""
+        for f, specs in zip(self.fragments, self.rm.input_specs):
+            xs = [args[i] for i in f.data]
+            if any(x.dim() == 0 or x.shape[0] != xs[0].shape[0] or tuple(x.shape[1:]) != s.row_shape
+                   or x.dtype != s.dtype for x, s in zip(xs, specs)):
+                return False
+        return True
+
+    def _unchanged(self, *args: Any) -> Any:
+        if self.unchanged is None:
+            with _LOCK:
+                if self.unchanged is None:
+                    self.unchanged = self.fallback()
+        return self.unchanged(*args)
 
     def _realign(self, args: Sequence[Any]) -> None:
         """Realign the fragments with the weights passed now: on the first call, and after a
@@ -271,10 +303,16 @@ class _Realigned:
                           "unchanged", RuntimeWarning, stacklevel=3)
             module = None
         if module is None:
-            self.unchanged = self.fallback()
+            self.realigns = False
             return
         counters["graft"]["realign"] += 1
-        self.fragments, (self.rm, self.module) = fragments, module
+        rm, compiled = module
+        compiled(*_inputs(fragments, args))  # compiles under the lock: Dynamo's first compile is not thread-safe
+        self.fragments, self.rm, self.module = fragments, rm, compiled
+
+
+_LOCK = threading.RLock()
+"""Held while realigning or compiling a graph unchanged, by any compiled function."""
 
 
 def _attach(root: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -264,3 +264,44 @@ def test_gradients_reach_each_copy_s_own_weights_through_the_backend():
     for g, p in zip(got, (p for m in (a, b) for p in m.parameters())):
         torch.testing.assert_close(g, p.grad)
     assert counters["graft"]["realign"] == 1
+
+
+def test_a_broadcast_argument_or_dynamic_feature_dims_run_the_graph_unchanged():
+    """Found by review: a [1, F] argument was taken for rows of its fragment (a GraftError on
+    every call), and dynamic=True made every dim symbolic, so nothing was ever realigned."""
+    model = mlp()
+
+    def scaled(x, y, scale):
+        return model[2:](x), model(y * scale)
+
+    check(compiled(scaled), scaled, torch.randn(3, 32), torch.randn(5, 8), torch.rand(1, 8))
+
+    def serve(x, y):
+        return model[2:](x), model(y)
+
+    fn = torch.compile(serve, backend="graft", options=DEBUG, dynamic=True)
+    check(fn, serve, torch.randn(3, 32), torch.randn(5, 8))
+    assert counters["graft"]["realign"] == 1
+
+
+def test_a_warmed_up_function_serves_several_threads():
+    """After one call from one thread (the realignment, and Dynamo's first compile, which is not
+    thread-safe in torch 2.14), calls from several threads at once are exact."""
+    import concurrent.futures
+
+    model = mlp()
+
+    def serve(x, y):
+        return model[2:](x), model(y)
+
+    fn = compiled(serve)
+    inputs = [(torch.randn(3, 32), torch.randn(4, 8)) for _ in range(8)]
+    fn(*inputs[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda xy: fn(*xy), inputs))
+    for (x, y), got in zip(inputs, results):
+        for g, want in zip(got, serve(x, y)):
+            torch.testing.assert_close(g, want)
+    assert counters["graft"]["realign"] == 1
