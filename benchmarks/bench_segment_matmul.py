@@ -58,10 +58,11 @@ def bmm(x, weight, sizes, bias, activation):
 
 
 def grouped_mm_path(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], bias: torch.Tensor):
-    """``torch._grouped_mm`` bound to this shape's segment ends and per-row bias (built once,
-    outside the timing), or None where it does not exist or refuses the inputs."""
+    """``(path, None)``: ``torch._grouped_mm`` bound to this shape's segment ends and per-row
+    bias (built once, outside the timing); or ``(None, why)`` where it does not exist or refuses
+    the inputs (the table prints "n/a", the JSON row keeps ``why`` under ``"unavailable"``)."""
     if not hasattr(torch, "_grouped_mm"):
-        return None
+        return None, f"torch {torch.__version__} has no _grouped_mm"
     ends = torch.tensor(sizes, dtype=torch.int32).cumsum(0).to(dtype=torch.int32, device=x.device)
     bias_rows = torch.cat([bias[g].expand(rows, -1) for g, rows in enumerate(sizes)])
 
@@ -70,9 +71,9 @@ def grouped_mm_path(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], bia
 
     try:
         grouped_mm(x, weight, sizes, bias, "none")
-    except (RuntimeError, NotImplementedError, TypeError):  # no kernel for this device, dtype or layout
-        return None  # the table reports "n/a" for this path
-    return grouped_mm
+    except (RuntimeError, NotImplementedError, TypeError) as e:  # no kernel for this device, dtype or layout
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return grouped_mm, None
 
 
 def operands(g: int, m: int, size: int, dtype: torch.dtype, device: str, layout: str):
@@ -88,11 +89,14 @@ def case(g: int, m: int, size: int, dtype: torch.dtype, device: str, args) -> di
     """One shape: the times of the paths that run here, and the errors against the loop."""
     x, weight, sizes, bias = operands(g, m, size, dtype, device, args.layout)
     call = (x, weight, sizes, bias, args.activation)
-    row: dict[str, Any] = {"segments": g, "rows_per_segment": m, "k": size, "n": size, "us": {}, "max_abs_error": {}}
+    row: dict[str, Any] = {"segments": g, "rows_per_segment": m, "k": size, "n": size, "us": {}, "max_abs_error": {},
+                           "unavailable": {}}
     paths = {"loop + cat": loop_cat, "bmm": bmm}
     expected = loop_cat(*call).float()
-    grouped = grouped_mm_path(x, weight, sizes, bias) if device == "cuda" else None
-    if grouped is not None:
+    grouped, why = grouped_mm_path(x, weight, sizes, bias) if device == "cuda" else (None, "CUDA only")
+    if grouped is None:
+        row["unavailable"]["_grouped_mm"] = why
+    else:
         paths["_grouped_mm"] = grouped
         row["max_abs_error"]["_grouped_mm"] = (grouped(*call).float() - expected).abs().max().item()
     if use_triton(x):
@@ -148,6 +152,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [case(g, m, size, dtype, args.device, args) for size in sizes for g in args.groups for m in args.rows]
     print_table(rows)
+    for why in sorted({why for r in rows for why in r["unavailable"].values()}):
+        print(f"_grouped_mm n/a: {why}")
     write_json(args.json, {"machine": machine, "dtype": str(dtype), "layout": args.layout,
                            "activation": args.activation, "interpreter": interpreting(), "rows": rows})
 
