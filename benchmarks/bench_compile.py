@@ -81,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_realign  # noqa: E402
 from bench_realign import build_setting, check, draw_rows, exact_fp32, spread_cuts, time_modes  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import announce  # noqa: E402
 
 import graft_fx  # noqa: E402
 import graft_fx.buckets  # noqa: E402
@@ -368,11 +368,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = describe(device)
-    print(" | ".join(f"{k}: {v}" for k, v in machine.items()))
+    machine = announce(device, args.threads)
     print(f"modes eager, realigned, {', '.join(args.modes)}; freezing {args.freezing}; reps {args.reps} (median), "
           f"warmup {args.warmup}, rows per fragment {args.rows or f'1..{bench_realign.MAX_ROWS} (seeded)'}")
     results: list[Row] = []

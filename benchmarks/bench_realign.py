@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx as fx
-from machine import describe
+from machine import announce
 import torchvision
 from tqdm import tqdm
 
@@ -285,11 +285,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = describe(device)
-    print(" | ".join(f"{k}: {v}" for k, v in machine.items()))
+    machine = announce(device, args.threads)
     print(f"kernels {args.kernels}, reps {args.reps} (median), warmup {args.warmup}, rows per fragment "
           f"{args.rows or f'1..{MAX_ROWS} (seeded)'}")
     settings = [(name, k) for name in args.models for k in args.k]

@@ -41,3 +41,13 @@ def describe(device: torch.device | str | None = None) -> dict[str, Any]:
         if device.type == "cuda":
             machine["gpu"] = torch.cuda.get_device_name(device)
     return machine
+
+
+def announce(device: torch.device | str, threads: int | None = None) -> dict[str, Any]:
+    """Set torch's thread count (``threads``, where given), then print and return the machine's
+    description (`describe`), as a benchmark does before it measures."""
+    if threads:
+        torch.set_num_threads(threads)
+    machine = describe(device)
+    print(" | ".join(f"{k}: {v}" for k, v in machine.items()))
+    return machine
