@@ -49,3 +49,19 @@ def realign_all(fragments, example_inputs=None, **kwargs):
     """``graft_fx.realign`` with the cost rule off: small test models share every layer that can
     be shared, so the tests exercise gathers and narrows that real models pay for."""
     return graft_fx.realign(fragments, example_inputs, min_flops_per_byte=0, **kwargs)
+
+
+def assert_gradients_match(run, modules, inputs) -> None:
+    """``run(*inputs)`` (one output per module) backpropagates into every module's parameters
+    what running each module on its own input does. The loss weighs fragment i by i + 1, so a
+    gradient sent to another fragment's parameters shows."""
+    def backward(outputs):
+        for m in modules:
+            m.zero_grad()
+        sum((i + 1) * out.sum() for i, out in enumerate(outputs)).backward()
+        return [p.grad.clone() for m in modules for p in m.parameters()]
+
+    got = backward(run(*inputs))
+    want = backward([m(x) for m, x in zip(modules, inputs)])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
