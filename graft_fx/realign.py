@@ -170,12 +170,21 @@ class RealignedModule(nn.Module):
         """One output per fragment (None for an absent one), as each fragment run alone gives.
         Raises GraftError for a wrong number of inputs or an input that does not fit its
         fragment's input specs."""
-        self._check_count(inputs)
-        if not torch.compiler.is_compiling():
-            self._check_aliasing(inputs)
-            if self.weights_updated():
-                self._align()  # weights updated in place: which are equal, and what was stacked, may differ
+        if torch.compiler.is_compiling():
+            self._check_count(inputs)
+        else:
+            self._prepare(inputs)
         return self._run(*inputs)
+
+    def _prepare(self, inputs: tuple[Any, ...]) -> None:
+        """What a call checks eagerly before it runs (Dynamo can trace none but the count): the
+        number of inputs, no input written in place by one fragment and read by another, and the
+        weights as aligned (re-aligning where they were updated in place: which are equal, and
+        what was stacked, may differ)."""
+        self._check_count(inputs)
+        self._check_aliasing(inputs)
+        if self.weights_updated():
+            self._align()
 
     def _check_aliasing(self, inputs: tuple[Any, ...]) -> None:
         """GraftError where a fragment writes into an input in place whose memory another input
@@ -220,8 +229,9 @@ class RealignedModule(nn.Module):
                 continue
             flat += [None] * n_inputs
         key, lowered = frozenset(present), not self._differentiating(flat)
-        graph = self.graph_for(key, lowered) if present and _build(self, key, lowered) else None
-        leaves = iter(graph(*flat) if present else ())
+        if present:
+            _build(self, key, lowered)
+        leaves = iter(self.graph_for(key, lowered)(*flat) if present else ())
         outputs = []
         for f, a in enumerate(self._analyses):
             cap = a.captured
@@ -304,11 +314,8 @@ class PaddedRealignedModule(RealignedModule):
     @torch.compiler.disable
     def _pad(self, inputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[int | None]]:
         """The inputs padded to their buckets, and each fragment's real batch size (None for an
-        absent one); re-aligns first where the weights were updated in place."""
-        self._check_count(inputs)
-        self._check_aliasing(inputs)
-        if self.weights_updated():
-            self._align()
+        absent one), after `_prepare`."""
+        self._prepare(inputs)
         rows = [None if x is None else self._checked(f, x)[0].shape[0] for f, x in enumerate(inputs)]
         return tuple(x if n is None else _padded_input(x, bucketed(n, self.buckets)) for x, n in zip(inputs, rows)), rows
 
