@@ -115,8 +115,6 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     kinds = {n: _kind(n, x) for n, x in zip(placeholders, example_inputs)}
     on_rows: set[fx.Node] = {n for n in placeholders if kinds[n] == "data"}  # computed from data
-    if not all(_batched(p) for p in on_rows):
-        return []
     parts = _Components()
     for n in gm.graph.nodes:
         if n.op in ("call_function", "call_method", "call_module"):
@@ -141,8 +139,8 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
     if sum(map(len, data_of.values())) != sum(kinds[p] == "data" for p in placeholders):
         return []  # a data input no output depends on: its component is not a fragment
     position = {n: i for i, n in enumerate(placeholders)}
-    if any(len({example_inputs[position[p]].shape[0] for p in data}) > 1 for data in data_of.values()):
-        return []  # inputs of one fragment with different batch sizes: a [1, F] scale, a weight passed in
+    if not all(_rows_of_one_batch([example_inputs[position[p]] for p in data]) for data in data_of.values()):
+        return []
     fragments = []
     for root, outputs in roots.items():
         members = {n for n in on_rows if parts.find(n) is root}
@@ -154,13 +152,12 @@ def fragments_of(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Frag
     return fragments
 
 
-def _batched(data: fx.Node) -> bool:
-    """Whether a data input can be a fragment's batch: a tensor with a dim 0 (a 0-dim tensor has
-    no rows). Other dims may be symbolic (``dynamic=True``, a sequence length): the realigned
-    module takes the row shapes of the first call, and calls with others run the graph
-    unchanged (`_Realigned`)."""
-    shape = getattr(data.meta.get("example_value"), "shape", None)
-    return shape is not None and len(shape) >= 1
+def _rows_of_one_batch(data: list[torch.Tensor]) -> bool:
+    """Whether a fragment's data inputs can be its batch: each has a dim 0 (a 0-dim tensor has
+    no rows), of one size for all (not a broadcast ``[1, F]`` scale or a weight passed in). Other
+    dims may be symbolic (``dynamic=True``, a sequence length): the realigned module takes the
+    row shapes of the first call, and calls with others run the graph unchanged (`_Realigned`)."""
+    return all(x.dim() >= 1 for x in data) and len({x.shape[0] for x in data}) == 1
 
 
 def _extract(gm: fx.GraphModule, members: set[fx.Node], data: list[fx.Node], outputs: list[fx.Node],
@@ -196,16 +193,21 @@ def _extract(gm: fx.GraphModule, members: set[fx.Node], data: list[fx.Node], out
                 return None
             env[n] = found
         elif n.op == "get_attr":
-            setattr(root, n.target.replace(".", "_"), getattr(gm, n.target))
-            env[n] = graph.get_attr(n.target.replace(".", "_"))
+            setattr(root, _local(n), getattr(gm, n.target))
+            env[n] = graph.get_attr(_local(n))
         elif n.op == "call_module":
-            root.add_module(n.target.replace(".", "_"), gm.get_submodule(n.target))
-            env[n] = graph.create_node("call_module", n.target.replace(".", "_"),
+            root.add_module(_local(n), gm.get_submodule(n.target))
+            env[n] = graph.create_node("call_module", _local(n),
                                        *fx.node.map_arg((n.args, n.kwargs), env.__getitem__), name=n.name)
         else:
             env[n] = graph.node_copy(n, env.__getitem__)
     graph.output(tuple(env[o] for o in outputs))
     return fx.GraphModule(root, graph), tuple(weights)
+
+
+def _local(node: fx.Node) -> str:
+    """The name a fragment's own root gives the attribute or submodule ``node`` reads."""
+    return node.target.replace(".", "_")
 
 
 def _size_of(size: fx.Node, data: list[fx.Node], env: dict[fx.Node, fx.Node], graph: fx.Graph) -> fx.Node | None:
