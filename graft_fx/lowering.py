@@ -192,6 +192,13 @@ def _sizes(graph: fx.Graph, xs: list[fx.Node], stack: _Stack, positions: list[in
     return full
 
 
+def _stack_weight_and_bias(segments: list[tuple]) -> tuple:
+    """Per-segment ``(weight, bias)`` pairs as a stacked weight ``[G, ...]`` and a stacked bias
+    ``[G, ...]`` (None where the layer has none)."""
+    return (torch.stack([w for w, _ in segments]),
+            None if segments[0][1] is None else torch.stack([b for _, b in segments]))
+
+
 def _rows(graph: fx.Graph, xs: list[fx.Node]) -> fx.Node:
     """The parts' rows as one tensor: the tensor they were cut from, or their concatenation."""
     return _whole(xs) or graph.call_function(torch.cat, (xs, 0))
@@ -223,8 +230,8 @@ def _segment_linears(node: fx.Node) -> Match | None:
 
     def stack(segments: list[tuple]) -> tuple:
         # [G, N, K] stacked, read as [G, K, N] through a transposed view: no copy beyond the stack
-        return (torch.stack([w for w, _ in segments]).transpose(1, 2),
-                None if segments[0][1] is None else torch.stack([b for _, b in segments]))
+        weight, bias = _stack_weight_and_bias(segments)
+        return weight.transpose(1, 2), bias
 
     def build(context: _Context) -> tuple[tuple, dict]:
         graph = context.gm.graph
@@ -263,13 +270,9 @@ def _segment_convolutions(node: fx.Node) -> Match | None:
     if any(_val(x) is None or _val(x).dim() != 4 for x in xs):
         return None
 
-    def stack(segments: list[tuple]) -> tuple:
-        return (torch.stack([w for w, _ in segments]),
-                None if segments[0][1] is None else torch.stack([b for _, b in segments]))
-
     def build(context: _Context) -> tuple[tuple, dict]:
         graph = context.gm.graph
-        stacked, positions = _stack_for(context, "conv2d", weights, stack)
+        stacked, positions = _stack_for(context, "conv2d", weights, _stack_weight_and_bias)
         weight, bias = (None if t is None else _buffer(context.gm, t) for t in stacked.tensors)
         return (_rows(graph, xs), weight, bias, _sizes(graph, xs, stacked, positions), *options[0]), {}
 
